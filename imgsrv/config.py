@@ -1,0 +1,231 @@
+"""One frozen Settings object, built once at start.
+
+Sources, later ones winning: the defaults below (documented one by one in
+``config/default.toml``), the TOML file named by ``IMGSRV_CONFIG`` (if any), then one
+``IMGSRV_<NAME>`` environment variable per setting. No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "IMGSRV_"
+SAMPLES_DIR = Path(__file__).parent / "samples"
+
+
+class ConfigError(ValueError):
+    """A setting has a value of the wrong type or out of range."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # --- server
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 0  # 0 = one per CPU the container may use (cgroup quota aware)
+    log_level: str = "info"
+    access_log: bool = True
+    data_dir: str = "imgsrv-data"
+
+    # --- URL signing (hex strings; empty key = unsigned dev mode)
+    signing_key: str = ""
+    signing_salt: str = ""
+
+    # --- sources
+    source_base_url: str = ""
+    local_root: str = ""  # empty = the sample images shipped with imgsrv
+    allowed_source_hosts: tuple[str, ...] = ()
+    allow_source_networks: tuple[str, ...] = ()
+    max_source_bytes: int = 32 * 1024 * 1024
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+    download_timeout: float = 20.0
+    max_redirects: int = 5
+    user_agent: str = "imgsrv/0.1"
+
+    # --- image limits
+    max_source_megapixels: float = 50.0
+    max_animation_frames: int = 100
+    max_output_dimension: int = 8192
+    allow_svg: bool = True
+
+    # --- output
+    jpeg_quality: int = 80
+    webp_quality: int = 80
+    avif_quality: int = 60
+    avif_effort: int = 2
+    png_compression: int = 6
+    presets: Mapping[str, str] = field(default_factory=dict)
+
+    # --- HTTP caching headers
+    cache_control: str = "public, max-age=31536000, immutable"
+    cache_control_unsigned: str = "public, max-age=3600"
+    error_cache_control: str = "no-store"
+
+    # --- concurrency
+    transform_threads: int = 0  # 0 = number of CPUs
+    max_queue: int = 0  # transforms waiting for a thread before 503; 0 = 16 per thread
+    retry_after: int = 1
+    vips_concurrency: int = 1
+
+    # --- Redis (empty = embedded redis-server when available)
+    redis_url: str = ""
+
+    @property
+    def signing_key_bytes(self) -> bytes:
+        return bytes.fromhex(self.signing_key)
+
+    @property
+    def signing_salt_bytes(self) -> bytes:
+        return bytes.fromhex(self.signing_salt)
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.signing_key)
+
+    @property
+    def local_root_path(self) -> Path:
+        return Path(self.local_root) if self.local_root else SAMPLES_DIR
+
+    @property
+    def allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.allow_source_networks)
+
+    @property
+    def cpu_count(self) -> int:
+        return available_cpus()
+
+    @property
+    def thread_count(self) -> int:
+        return self.transform_threads or self.cpu_count
+
+    @property
+    def queue_limit(self) -> int:
+        return self.max_queue or 16 * self.thread_count
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: cgroup v2/v1 quota, then affinity, then os.cpu_count()."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = count or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, int(quota + 0.999)))
+    return count
+
+
+def _cgroup_cpu_quota() -> float | None:
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Build Settings from defaults, ``IMGSRV_CONFIG`` TOML, ``IMGSRV_*`` env and overrides."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_file = env.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        values.update(_read_toml(Path(config_file)))
+    hints = get_type_hints(Settings)
+    for name in hints:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = raw
+    values.update(overrides)
+    converted = {name: _convert(name, hints[name], value) for name, value in values.items()}
+    settings = Settings(**converted)
+    _check(settings)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        # Sections only group settings for reading; [presets] is the one real table.
+        if isinstance(value, dict) and key != "presets":
+            flat.update(value)
+        else:
+            flat[key] = value
+    unknown = set(flat) - set(get_type_hints(Settings))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
+    return flat
+
+
+def _convert(name: str, hint: Any, value: Any) -> Any:
+    origin = getattr(hint, "__origin__", hint)
+    try:
+        if hint is bool:
+            return _to_bool(value)
+        if hint is int:
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+        if origin is tuple:
+            if isinstance(value, str):
+                return tuple(p.strip() for p in value.split(",") if p.strip())
+            return tuple(str(v) for v in value)
+        if origin is Mapping:
+            if isinstance(value, str):
+                # "name=w:100/h:100;other=w:50" (';' because options contain ',' and ':')
+                pairs = (p.split("=", 1) for p in value.split(";") if p.strip())
+                return {k.strip(): v.strip() for k, v in pairs}
+            return {str(k): str(v) for k, v in value.items()}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}: {value!r} is not a valid {hint}") from exc
+    raise ConfigError(f"setting {name}: unsupported type {hint}")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
+
+def _check(s: Settings) -> None:
+    try:
+        s.signing_key_bytes  # noqa: B018
+        s.signing_salt_bytes  # noqa: B018
+    except ValueError:
+        raise ConfigError("signing_key and signing_salt must be hex strings") from None
+    try:
+        s.allowed_networks  # noqa: B018
+    except ValueError as exc:
+        raise ConfigError(f"allow_source_networks: {exc}") from None
+    for name in ("jpeg_quality", "webp_quality", "avif_quality"):
+        if not 1 <= getattr(s, name) <= 100:
+            raise ConfigError(f"{name} must be within 1..100")
+    if s.max_source_bytes <= 0 or s.max_source_megapixels <= 0:
+        raise ConfigError("max_source_bytes and max_source_megapixels must be positive")
+
+
+def settings_fields() -> tuple[str, ...]:
+    """Names of every setting, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(Settings))

@@ -1,0 +1,161 @@
+"""One error hierarchy for the whole server.
+
+Every failure a client can cause or observe is an :class:`ImgsrvError` subclass that knows its
+HTTP status, a stable problem type and whether a retry may succeed. Routes turn them into
+``application/problem+json`` bodies (RFC 9457); job workers use ``retryable`` to decide between
+backoff and failing at once.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ImgsrvError(Exception):
+    """Base class: an error with an HTTP status and a problem+json shape."""
+
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+    slug: ClassVar[str] = "internal"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    @property
+    def problem_type(self) -> str:
+        return f"urn:imgsrv:problem:{self.slug}"
+
+    def problem(self) -> dict[str, object]:
+        """The problem+json body for this error."""
+        return {
+            "type": self.problem_type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+
+
+class BadRequest(ImgsrvError):
+    status = 400
+    title = "Bad request"
+    slug = "bad-request"
+
+
+class InvalidOption(BadRequest):
+    """A URL option that is unknown or whose arguments are malformed."""
+
+    title = "Invalid option"
+    slug = "invalid-option"
+
+    def __init__(self, option: str, reason: str) -> None:
+        super().__init__(f"option {option!r}: {reason}")
+        self.option = option
+
+    def problem(self) -> dict[str, object]:
+        body = super().problem()
+        body["option"] = self.option
+        return body
+
+
+class InvalidSource(BadRequest):
+    title = "Invalid source"
+    slug = "invalid-source"
+
+
+class Unauthorized(ImgsrvError):
+    status = 401
+    title = "Unauthorized"
+    slug = "unauthorized"
+
+
+class Forbidden(ImgsrvError):
+    status = 403
+    title = "Forbidden"
+    slug = "forbidden"
+
+
+class SignatureError(Forbidden):
+    title = "Invalid signature"
+    slug = "invalid-signature"
+
+
+class ForbiddenSource(Forbidden):
+    """The source address or host is refused (SSRF guard, host allow-list, path traversal)."""
+
+    title = "Forbidden source"
+    slug = "forbidden-source"
+
+
+class NotFound(ImgsrvError):
+    status = 404
+    title = "Not found"
+    slug = "not-found"
+
+
+class SourceNotFound(NotFound):
+    title = "Source not found"
+    slug = "source-not-found"
+
+
+class TooLarge(ImgsrvError):
+    status = 413
+    title = "Source too large"
+    slug = "too-large"
+
+
+class SourceTooLarge(TooLarge):
+    """The source has more bytes than ``max_source_bytes``."""
+
+    slug = "source-too-large"
+
+
+class ImageTooLarge(TooLarge):
+    """The source declares more pixels or frames than the limits allow."""
+
+    title = "Image too large"
+    slug = "image-too-large"
+
+
+class UnsupportedFormat(ImgsrvError):
+    status = 415
+    title = "Unsupported image format"
+    slug = "unsupported-format"
+
+
+class UndecodableImage(ImgsrvError):
+    """The bytes look like an image but are truncated or corrupt."""
+
+    status = 422
+    title = "Undecodable image"
+    slug = "undecodable-image"
+
+
+class SourceError(ImgsrvError):
+    """The origin answered with an error, or the connection failed."""
+
+    status = 502
+    title = "Source failed"
+    slug = "source-failed"
+    retryable = True
+
+
+class Overloaded(ImgsrvError):
+    """Too many transforms in flight: shed load instead of queueing without bound."""
+
+    status = 503
+    title = "Overloaded"
+    slug = "overloaded"
+    retryable = True
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class SourceTimeout(ImgsrvError):
+    status = 504
+    title = "Source timeout"
+    slug = "source-timeout"
+    retryable = True
