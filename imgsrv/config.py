@@ -75,8 +75,23 @@ class Settings:
     retry_after: int = 1
     vips_concurrency: int = 1
 
+    # --- cache
+    l1_max_bytes: int = 0  # 0 = half the container memory / worker processes
+    l1_ttl: float = 300.0  # seconds, capped at 300
+    source_cache_bytes: int = 64 * 1024 * 1024
+    source_cache_ttl: float = 30.0
+    render_lock_ttl: float = 30.0
+    render_lock_wait: float = 10.0
+    admin_key: str = ""
+
     # --- Redis (empty = embedded redis-server when available)
     redis_url: str = ""
+    redis_prefix: str = "imgsrv"
+    redis_timeout: float = 0.25
+    redis_breaker_failures: int = 3
+    redis_breaker_reset: float = 2.0
+    embedded_redis: bool = True
+    embedded_redis_maxmemory: str = "256mb"
 
     @property
     def signing_key_bytes(self) -> bytes:
@@ -110,6 +125,17 @@ class Settings:
     def queue_limit(self) -> int:
         return self.max_queue or 16 * self.thread_count
 
+    @property
+    def worker_count(self) -> int:
+        return self.workers or self.cpu_count
+
+    @property
+    def l1_bytes(self) -> int:
+        """L1 capacity of one process: half the container memory shared by all workers."""
+        if self.l1_max_bytes:
+            return self.l1_max_bytes
+        return available_memory() // 2 // self.worker_count
+
 
 def available_cpus() -> int:
     """CPUs this process may use: cgroup v2/v1 quota, then affinity, then os.cpu_count()."""
@@ -119,6 +145,20 @@ def available_cpus() -> int:
     if quota is not None:
         count = min(count, max(1, int(quota + 0.999)))
     return count
+
+
+def available_memory(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Bytes of memory this container may use: cgroup v2/v1 limit, else physical RAM."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for name in ("memory.max", "memory/memory.limit_in_bytes"):
+        try:
+            text = (cgroup_root / name).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            # cgroup v1 reports "no limit" as a huge number; the physical size is the cap.
+            return min(int(text), physical)
+    return physical
 
 
 def _cgroup_cpu_quota() -> float | None:
@@ -135,9 +175,7 @@ def _cgroup_cpu_quota() -> float | None:
         return None
 
 
-def load_settings(
-    env: Mapping[str, str] | None = None, **overrides: Any
-) -> Settings:
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build Settings from defaults, ``IMGSRV_CONFIG`` TOML, ``IMGSRV_*`` env and overrides."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}

@@ -1,0 +1,83 @@
+"""Per-request access log line and request metrics, as a pure ASGI middleware."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imgsrv import metrics
+
+log = logging.getLogger("imgsrv.access")
+
+OPS_ROUTES = {"/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics"}
+
+
+def route_name(path: str) -> str:
+    """A low-cardinality label for a request path."""
+    if path in OPS_ROUTES:
+        return OPS_ROUTES[path]
+    if path == "/img":
+        return "image_query"
+    if path == "/info" or path.startswith("/info/"):
+        return "info"
+    return "image_path"
+
+
+def _loggable_query(query: bytes) -> str:
+    # The signature is a credential for that URL; keep it out of logs.
+    text = query.decode("latin-1")
+    head, sep, _ = text.rpartition("&sig=")
+    return head + "&sig=<redacted>" if sep else text
+
+
+class AccessLogMiddleware:
+    """Logs one JSON line per HTTP request and records request metrics."""
+
+    def __init__(self, app: ASGIApp, enabled: bool = True) -> None:
+        self.app = app
+        self.enabled = enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        sent = 0
+        cache = ""
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, sent, cache
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for key, value in message.get("headers", ()):
+                    if key == b"x-cache":
+                        cache = value.decode()
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = route_name(scope["path"])
+            metrics.REQUESTS.labels(route, str(status)).inc()
+            metrics.REQUEST_SECONDS.labels(route).observe(elapsed)
+            if self.enabled:
+                client = scope.get("client")
+                log.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "query": _loggable_query(scope.get("query_string", b"")),
+                        "status": status,
+                        "bytes": sent,
+                        "ms": round(elapsed * 1000, 2),
+                        "cache": cache,
+                        "client": client[0] if client else None,
+                    },
+                )

@@ -1,0 +1,84 @@
+"""TransformPool admission: bounded concurrency, arrival order, instant 503 past the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from imgsrv.errors import Overloaded
+from imgsrv.pool import TransformPool
+
+
+async def test_runs_on_threads_off_the_event_loop() -> None:
+    pool = TransformPool(threads=2, max_queue=4)
+    loop_thread = threading.get_ident()
+    ident = await pool.run(threading.get_ident)
+    assert ident != loop_thread
+    pool.shutdown()
+
+
+async def test_refuses_instantly_past_threads_plus_queue_and_recovers() -> None:
+    pool = TransformPool(threads=1, max_queue=2, retry_after=3)
+    gate = threading.Event()
+    tasks = [asyncio.create_task(pool.run(gate.wait, 5)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert pool.admitted == 3 and pool.waiting == 2
+    started = time.perf_counter()
+    with pytest.raises(Overloaded) as info:
+        await pool.run(time.sleep, 0)
+    assert time.perf_counter() - started < 0.05
+    assert info.value.retry_after == 3 and info.value.status == 503
+    with pytest.raises(Overloaded):
+        pool.check_capacity()
+    gate.set()
+    assert await asyncio.gather(*tasks) == [True, True, True]
+    assert pool.admitted == 0
+    assert await pool.run(sum, [1, 2]) == 3
+    pool.shutdown()
+
+
+async def test_work_runs_in_arrival_order() -> None:
+    pool = TransformPool(threads=1, max_queue=50)
+    order: list[int] = []
+    gate = threading.Event()
+    first = asyncio.create_task(pool.run(gate.wait, 5))
+    await asyncio.sleep(0.01)
+    tasks = [asyncio.create_task(pool.run(order.append, i)) for i in range(20)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(first, *tasks)
+    assert order == list(range(20))
+    pool.shutdown()
+
+
+async def test_cancelled_caller_keeps_the_slot_until_the_thread_is_done() -> None:
+    pool = TransformPool(threads=1, max_queue=0)
+    gate = threading.Event()
+    task = asyncio.create_task(pool.run(gate.wait, 5))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    await asyncio.sleep(0.02)
+    # libvips would still be busy on that thread: the place is not free yet
+    assert pool.admitted == 1
+    with pytest.raises(Overloaded):
+        await pool.run(time.sleep, 0)
+    gate.set()
+    await asyncio.sleep(0.05)
+    assert pool.admitted == 0
+    pool.shutdown()
+
+
+async def test_reserve_keeps_places_for_other_callers() -> None:
+    pool = TransformPool(threads=1, max_queue=2)
+    gate = threading.Event()
+    blocker = asyncio.create_task(pool.run(gate.wait, 5))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):
+        await pool.run(time.sleep, 0, reserve=2)
+    queued = asyncio.create_task(pool.run(time.sleep, 0))
+    gate.set()
+    await asyncio.gather(blocker, queued)
+    pool.shutdown()
