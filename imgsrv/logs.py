@@ -41,3 +41,6 @@ def configure_logging(level: str = "info") -> None:
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
     logger.propagate = False
+    # libvips reports recoverable decoder warnings through this logger once per tile; the
+    # request outcome (served, or a 4xx with the reason) already says what matters.
+    logging.getLogger("pyvips").setLevel(logging.ERROR)

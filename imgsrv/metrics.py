@@ -58,6 +58,7 @@ def render_metrics() -> tuple[bytes, str]:
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
 
+
 CACHE_EVENTS = Counter(
     "imgsrv_cache_events_total",
     "Cache lookups and evictions per tier (tier=l1|l2|source, event=hit|miss|eviction|store)",

@@ -12,7 +12,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from imgsrv.errors import Overloaded
 
@@ -56,7 +56,7 @@ class TransformPool:
                 raise self._overloaded()
             self._admitted += 1
 
-    def _release(self, _: Future[object]) -> None:
+    def _release(self, _: Future[Any]) -> None:
         # Runs when the work really ends (or is cancelled before it starts), not when the
         # awaiting request goes away: a thread stays counted while libvips still uses it.
         with self._lock:

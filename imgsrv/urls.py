@@ -24,10 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
-from imgsrv.sources import resolve_source
-
 from imgsrv.config import Settings
 from imgsrv.errors import InvalidOption, InvalidSource, SignatureError
+from imgsrv.sources import resolve_source
 from imgsrv.spec import (
     DEFAULT_TTL,
     FormatChoice,

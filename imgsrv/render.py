@@ -1,0 +1,251 @@
+"""Get-or-render: the one path from a TransformSpec to image bytes.
+
+Sync requests and job workers both call :meth:`Renderer.render`:
+
+1. L1 (process memory) hit -> done, no libvips, no Redis;
+2. concurrent identical misses in this process share one flight;
+3. L2 (Redis) hit -> fill L1, done;
+4. a short Redis lock lets one process across all instances render while the others wait for
+   its L2 entry (bounded wait, then they render themselves);
+5. fetch the source (downloads of one source are shared and kept for a moment), transform on
+   the bounded pool, store in L1 and L2.
+
+The event loop only awaits; every libvips call happens on the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from imgsrv import metrics
+from imgsrv.cache.entry import CacheEntry
+from imgsrv.cache.flight import SingleFlight
+from imgsrv.cache.l1 import L1Cache
+from imgsrv.cache.l2 import L2Cache
+from imgsrv.cache.recent import RecentSources
+from imgsrv.errors import ImgsrvError
+from imgsrv.pool import TransformPool
+from imgsrv.sources import SourceBytes, SourceFetcher
+from imgsrv.spec import TransformSpec
+from imgsrv.transform import ImageInfo, Rendered, TransformOptions, probe, transform
+
+
+@dataclass(frozen=True, slots=True)
+class RenderResult:
+    """An image ready to send: the entry, which tier answered, and timings in ms."""
+
+    entry: CacheEntry
+    cache: str = "miss"
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderTuning:
+    """How long the cross-process render lock lives and how long others wait for it."""
+
+    lock_ttl_ms: int = 30_000
+    lock_wait: float = 10.0
+    lock_poll: float = 0.02
+    # Queue places of the transform pool that background (job) renders leave to requests.
+    background_reserve: int = 8
+
+
+def strong_etag(data: bytes) -> str:
+    return '"' + hashlib.blake2b(data, digest_size=16).hexdigest() + '"'
+
+
+def cache_key(spec: TransformSpec, accepted: frozenset[str]) -> str:
+    """The spec's canonical string plus, for ``f:auto``, what the client accepts."""
+    if spec.format != "auto":
+        return spec.canonical()
+    return spec.canonical() + "|accept:" + ",".join(sorted(accepted))
+
+
+def to_entry(image: Rendered) -> CacheEntry:
+    return CacheEntry(
+        data=image.data,
+        content_type=image.content_type,
+        format=image.format,
+        width=image.width,
+        height=image.height,
+        pages=image.pages,
+        etag=strong_etag(image.data),
+    )
+
+
+class Renderer:
+    """Cache lookups, single-flight, source fetching and transforms on the pool."""
+
+    def __init__(
+        self,
+        fetcher: SourceFetcher,
+        pool: TransformPool,
+        options: TransformOptions,
+        l1: L1Cache | None = None,
+        l2: L2Cache | None = None,
+        recent: RecentSources[SourceBytes] | None = None,
+        tuning: RenderTuning | None = None,
+    ) -> None:
+        self.fetcher = fetcher
+        self.pool = pool
+        self.options = options
+        self.l1 = l1
+        self.l2 = l2
+        self.recent: RecentSources[SourceBytes] = recent or RecentSources(0, 0)
+        self.tuning = tuning or RenderTuning()
+        self._flight: SingleFlight[str, RenderResult] = SingleFlight()
+
+    async def render(
+        self,
+        spec: TransformSpec,
+        accepted: frozenset[str] = frozenset(),
+        *,
+        background: bool = False,
+    ) -> RenderResult:
+        """The image for ``spec``; ``accepted`` (from Accept) only matters for ``f:auto``.
+
+        ``background`` renders (jobs pre-rendering variants for later) bypass L1, so they do
+        not push hot images out of memory, and leave part of the pool's queue to requests.
+        """
+        if spec.format != "auto":
+            accepted = frozenset()
+        key = cache_key(spec, accepted)
+        if self.l1 is not None and not background:
+            started = time.perf_counter()
+            entry = self.l1.get(key)
+            if entry is not None:
+                metrics.CACHE_EVENTS.labels("l1", "hit").inc()
+                return RenderResult(entry, "l1", {"cache": _ms_since(started)})
+            metrics.CACHE_EVENTS.labels("l1", "miss").inc()
+        reserve = self.tuning.background_reserve if background else 0
+        flight_key = key + "|background" if background else key
+        result, shared = await self._flight.run(
+            flight_key, lambda: self._miss(key, spec, accepted, reserve)
+        )
+        if shared:
+            metrics.COALESCED.labels("render").inc()
+        return result
+
+    async def _miss(
+        self, key: str, spec: TransformSpec, accepted: frozenset[str], reserve: int
+    ) -> RenderResult:
+        use_l1 = reserve == 0
+        if self.l2 is None:
+            return await self._render_and_store(key, spec, accepted, reserve)
+        started = time.perf_counter()
+        entry = await self._l2_get(key, spec, use_l1)
+        if entry is not None:
+            return RenderResult(entry, "l2", {"cache": _ms_since(started)})
+        token = await self.l2.acquire_lock(key, spec.source, self.tuning.lock_ttl_ms)
+        if token is None:
+            entry = await self._wait_for_other_render(key, spec, use_l1)
+            if entry is not None:
+                metrics.COALESCED.labels("lock").inc()
+                return RenderResult(entry, "l2", {"cache": _ms_since(started)})
+            return await self._render_and_store(key, spec, accepted, reserve)
+        try:
+            return await self._render_and_store(key, spec, accepted, reserve)
+        finally:
+            await self.l2.release_lock(key, spec.source, token)
+
+    async def _l2_get(self, key: str, spec: TransformSpec, use_l1: bool) -> CacheEntry | None:
+        assert self.l2 is not None
+        entry = await self.l2.get(key, spec.source, spec.ttl)
+        metrics.CACHE_EVENTS.labels("l2", "miss" if entry is None else "hit").inc()
+        if entry is not None and self.l1 is not None and use_l1:
+            self._l1_put(key, entry, spec.source)
+        return entry
+
+    async def _wait_for_other_render(
+        self, key: str, spec: TransformSpec, use_l1: bool
+    ) -> CacheEntry | None:
+        """Poll L2 while another process holds the render lock (bounded)."""
+        assert self.l2 is not None
+        deadline = time.monotonic() + self.tuning.lock_wait
+        while time.monotonic() < deadline:
+            await asyncio.sleep(self.tuning.lock_poll)
+            entry = await self._l2_get(key, spec, use_l1)
+            if entry is not None:
+                return entry
+            if not self.l2.available:
+                return None
+        return None
+
+    async def _render_and_store(
+        self, key: str, spec: TransformSpec, accepted: frozenset[str], reserve: int
+    ) -> RenderResult:
+        self.pool.check_capacity(reserve)
+        source, fetch_ms = await self._fetch(spec.source)
+        started = time.perf_counter()
+        try:
+            image = await self.pool.run(
+                transform, source.data, spec, accepted, self.options, reserve=reserve
+            )
+        except ImgsrvError as exc:
+            metrics.TRANSFORM_ERRORS.labels(exc.slug).inc()
+            raise
+        transform_s = time.perf_counter() - started
+        metrics.TRANSFORM_SECONDS.labels(image.format).observe(transform_s)
+        entry = to_entry(image)
+        if self.l1 is not None and reserve == 0:
+            self._l1_put(key, entry, spec.source)
+        if self.l2 is not None and await self.l2.put(key, entry, spec.ttl, spec.source):
+            metrics.CACHE_EVENTS.labels("l2", "store").inc()
+        timings = {"fetch": fetch_ms, "transform": transform_s * 1000}
+        return RenderResult(entry, "miss", timings)
+
+    def _l1_put(self, key: str, entry: CacheEntry, source: str) -> None:
+        assert self.l1 is not None
+        evictions = self.l1.evictions
+        if self.l1.put(key, entry, source):
+            metrics.CACHE_EVENTS.labels("l1", "store").inc()
+        if self.l1.evictions > evictions:
+            metrics.CACHE_EVENTS.labels("l1", "eviction").inc(self.l1.evictions - evictions)
+        metrics.L1_BYTES.set(self.l1.bytes_in_use)
+
+    async def info(self, spec: TransformSpec) -> ImageInfo:
+        """Header metadata of the source of ``spec`` (its options are ignored)."""
+        self.pool.check_capacity()
+        source, _ = await self._fetch(spec.source)
+        return await self.pool.run(probe, source.data, self.options)
+
+    async def purge(self, source: str) -> int | None:
+        """Forget every cached variant of ``source`` here, in L2 and (via pub/sub) elsewhere."""
+        self.drop_local(source)
+        return None if self.l2 is None else await self.l2.purge_source(source)
+
+    def drop_local(self, source: str) -> None:
+        """Drop ``source`` from this process's memory (L1 and recent downloads)."""
+        if self.l1 is not None:
+            self.l1.drop_source(source)
+            metrics.L1_BYTES.set(self.l1.bytes_in_use)
+        self.recent.drop(source)
+
+    async def _fetch(self, source: str) -> tuple[SourceBytes, float]:
+        started = time.perf_counter()
+        try:
+            fetched, how = await self.recent.get(source, self._download)
+        except ImgsrvError as exc:
+            metrics.SOURCE_ERRORS.labels(exc.slug).inc()
+            raise
+        if how == "hit":
+            metrics.CACHE_EVENTS.labels("source", "hit").inc()
+        elif how == "shared":
+            metrics.COALESCED.labels("source").inc()
+        return fetched, _ms_since(started)
+
+    async def _download(self, source: str) -> SourceBytes:
+        started = time.perf_counter()
+        fetched = await self.fetcher.fetch(source)
+        metrics.FETCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.SOURCE_BYTES.inc(len(fetched.data))
+        metrics.CACHE_EVENTS.labels("source", "miss").inc()
+        return fetched
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

