@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import orjson
 import pytest
 import pyvips
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from imgsrv.app import create_app
 from tests.conftest import LiveServer, corpus_settings
+from tests.origin import Origin
 
 LANDSCAPE = "local://orientation/Landscape_1.jpg"  # 1800x1200
 ALPHA_PNG = "local://png/rgba-8bit.png"
@@ -196,3 +201,46 @@ def test_overload_sheds_with_503_and_retry_after_fast(corpus_dir: Path) -> None:
         assert set(statuses) <= {200, 503}
         # the server is fine afterwards
         assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_ssrf_guard_refuses_private_sources_over_http(client: TestClient, origin: Origin) -> None:
+    photo = origin.url("files/orientation/Landscape_1.jpg")
+    port = origin.port
+    for source in (
+        photo,  # 127.0.0.1: loopback
+        f"http://localhost:{port}/files/orientation/Landscape_1.jpg",
+        "http://10.0.0.1/a.jpg",
+        "http://169.254.169.254/latest/meta-data/",
+        f"http://[::1]:{port}/a.jpg",
+        f"http://[::ffff:127.0.0.1]:{port}/a.jpg",
+    ):
+        r = client.get(f"/_/w:10/plain/{quote(source, safe='')}")
+        assert_problem(r, 403)
+    assert origin.total() == 0
+
+
+def test_allowed_networks_let_a_local_origin_through_but_not_redirects_elsewhere(
+    corpus_dir: Path, origin: Origin
+) -> None:
+    settings = corpus_settings(allow_source_networks=("127.0.0.0/8",))
+    photo = origin.url("files/orientation/Landscape_1.jpg")
+    to_private = origin.url("redirect?to=" + quote("http://10.0.0.1/x.jpg", safe=""))
+    with TestClient(create_app(settings)) as allowed:
+        ok = allowed.get(f"/_/w:10/plain/{quote(photo, safe='')}")
+        assert ok.status_code == 200 and dims(ok.content)[0] == 10
+        assert_problem(allowed.get(f"/_/w:10/plain/{quote(to_private, safe='')}"), 403)
+        assert_problem(
+            allowed.get(f"/_/w:10/plain/{quote(origin.url('status/404'), safe='')}"), 404
+        )
+        assert_problem(
+            allowed.get(f"/_/w:10/plain/{quote(origin.url('status/500'), safe='')}"), 502
+        )
+
+
+@given(st.text(alphabet=st.characters(codec="ascii"), max_size=120))
+@hsettings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_garbage_paths_never_5xx(client: TestClient, text: str) -> None:
+    r = client.get("/" + quote(text, safe="/:@%?&=._-"))
+    assert r.status_code < 500, (text, r.status_code, r.text[:200])

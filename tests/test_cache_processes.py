@@ -116,3 +116,40 @@ def test_gunicorn_workers_share_the_embedded_redis(
         redis_pid = int((tmp_path / "imgsrv-data" / "redis" / "redis.pid").read_text())
     assert not _pid_alive(redis_pid), "embedded redis-server left running"
     assert not (tmp_path / "imgsrv-data" / "redis" / "redis.sock").exists()
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _l1_bytes(base: str) -> float:
+    for line in httpx.get(base + "/metrics").text.splitlines():
+        if line.startswith("imgsrv_l1_bytes "):
+            return float(line.split()[1])
+    raise AssertionError("imgsrv_l1_bytes not exported")
+
+
+# What a server process needs besides L1: Python, libvips and its thread pool, sockets.
+RSS_MARGIN = 150 * 1024 * 1024
+
+
+def test_l1_flood_keeps_bytes_under_cap_and_rss_under_cap_plus_margin(
+    tmp_path: Path, origin: Origin
+) -> None:
+    cap = 16 * 1024 * 1024
+    env = origin_env(IMGSRV_L1_MAX_BYTES=str(cap), IMGSRV_EMBEDDED_REDIS="0")
+    with ImgsrvProcess(env, cwd=tmp_path) as server:
+        assert server.process is not None
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            for width in range(400, 520):
+                # distinct lossless outputs of 0.3-0.6 MB each: ~50 MB offered to a 16 MB cache
+                r = http.get(f"/_/w:{width}/f:png/plain/{origin.url(PHOTO)}")
+                assert r.status_code == 200
+                assert _l1_bytes(server.url) <= cap
+            assert http.get(f"/_/w:519/f:png/plain/{origin.url(PHOTO)}").headers["x-cache"] == "l1"
+        rss = _rss_bytes(server.process.pid)
+        print(f"RSS after flood: {rss / 2**20:.0f} MiB (cap {cap / 2**20:.0f} MiB)")
+        assert rss <= cap + RSS_MARGIN
