@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from redis.asyncio import Redis
 
@@ -39,17 +39,9 @@ class Runtime:
 
 
 def transform_options(settings: Settings) -> TransformOptions:
-    return TransformOptions(
-        max_source_megapixels=settings.max_source_megapixels,
-        max_animation_frames=settings.max_animation_frames,
-        max_output_dimension=settings.max_output_dimension,
-        allow_svg=settings.allow_svg,
-        jpeg_quality=settings.jpeg_quality,
-        webp_quality=settings.webp_quality,
-        avif_quality=settings.avif_quality,
-        avif_effort=settings.avif_effort,
-        png_compression=settings.png_compression,
-    )
+    """The transform's limits and defaults: the settings of the same names."""
+    names = (f.name for f in fields(TransformOptions))
+    return TransformOptions(**{name: getattr(settings, name) for name in names})
 
 
 def connect_redis(settings: Settings) -> Redis | None:

@@ -17,7 +17,7 @@ from gunicorn.util import load_class
 from uvicorn_worker import UvicornWorker
 
 from imgsrv import config, serving
-from imgsrv.config import Settings, available_cpus
+from imgsrv.config import Settings, available_cpus, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -250,3 +250,38 @@ def test_colour_copy_of_uvicorn_messages_is_dropped() -> None:
     drop: Callable[[logging.LogRecord], bool] = serving.DropColourMessage().filter
     assert drop(record) is True
     assert not hasattr(record, "color_message")
+
+
+def test_embedded_redis_is_skipped_with_a_redis_url_or_when_switched_off(tmp_path: Path) -> None:
+    environ: dict[str, str] = {}
+    with_url = load_settings({}, redis_url="redis://example:6379/0", data_dir=str(tmp_path))
+    assert serving.start_embedded_redis(with_url, environ) is None
+    off = load_settings({}, embedded_redis=False, data_dir=str(tmp_path))
+    assert serving.start_embedded_redis(off, environ) is None
+    assert environ == {}
+    assert not (tmp_path / "redis").exists()
+
+
+def test_without_a_redis_binary_the_server_runs_on_l1_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(serving, "find_redis_server", lambda: None)
+    environ: dict[str, str] = {}
+    settings = load_settings({}, data_dir=str(tmp_path))
+    with caplog.at_level("WARNING", logger="imgsrv.serve"):
+        assert serving.start_embedded_redis(settings, environ) is None
+    assert "IMGSRV_REDIS_URL" not in environ
+    assert "in-memory cache only" in caplog.text
+
+
+def test_embedded_redis_starts_exports_its_url_and_stops(tmp_path: Path) -> None:
+    environ: dict[str, str] = {}
+    settings = load_settings({}, data_dir=str(tmp_path))
+    server = serving.start_embedded_redis(settings, environ)
+    assert server is not None
+    try:
+        assert environ["IMGSRV_REDIS_URL"] == f"unix://{tmp_path.resolve()}/redis/redis.sock"
+        assert (tmp_path / "redis" / "redis.sock").exists()
+    finally:
+        server.stop()
+    assert not (tmp_path / "redis" / "redis.sock").exists()
