@@ -21,6 +21,7 @@ from imgsrv.errors import ImgsrvError
 from imgsrv.logs import configure_logging
 from imgsrv.routes import cache, images, ops, problems
 from imgsrv.runtime import open_runtime
+from imgsrv.urls import UrlParser
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         },
     )
     app.state.settings = settings
+    app.state.url_parser = UrlParser(settings)
     app.state.renderer = None
     return app
 

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
+from cachetools import LRUCache
+
 from imgsrv.config import Settings
 from imgsrv.errors import InvalidOption, InvalidSource, SignatureError
 from imgsrv.sources import resolve_source
@@ -220,3 +222,31 @@ def _build(
     source = resolve_source(raw_source, settings)
     spec = parse_options(source, options, spec_limits(settings), fmt)
     return ParsedUrl(spec=spec, signed=signed)
+
+
+class UrlParser:
+    """Parses request URLs for one Settings, remembering recent results.
+
+    Parsing is a pure function of the raw URL bytes (signature included) and the settings, and
+    resolving a source is the costly part of it; hot URLs, the ones served from L1, are parsed
+    once. Failures are not remembered: a bad URL is parsed, and refused, every time.
+    """
+
+    def __init__(self, settings: Settings, size: int = 8192) -> None:
+        self.settings = settings
+        self._paths: LRUCache[bytes, ParsedUrl] = LRUCache(size)
+        self._queries: LRUCache[bytes, ParsedUrl] = LRUCache(size)
+
+    def path(self, raw_path: bytes) -> ParsedUrl:
+        """:func:`parse_path`, remembered."""
+        parsed = self._paths.get(raw_path)
+        if parsed is None:
+            parsed = self._paths[raw_path] = parse_path(raw_path, self.settings)
+        return parsed
+
+    def query(self, raw_query: bytes) -> ParsedUrl:
+        """:func:`parse_query`, remembered."""
+        parsed = self._queries.get(raw_query)
+        if parsed is None:
+            parsed = self._queries[raw_query] = parse_query(raw_query, self.settings)
+        return parsed

@@ -345,3 +345,20 @@ def test_garbage_paths_never_raise_anything_but_client_errors(text: str) -> None
             parse_query(text.encode("utf-8", "surrogatepass"), settings)
         except ImgsrvError as exc:
             assert 400 <= exc.status < 500
+
+
+def test_url_parser_remembers_good_urls_and_refuses_bad_ones_every_time() -> None:
+    from imgsrv.urls import UrlParser
+
+    parser = UrlParser(SIGNED, size=2)
+    url = sign_path(build_path(SRC, ["w:300"]), SIGNED).encode()
+    first = parser.path(url)
+    assert parser.path(url) is first
+    assert first == parse_path(url, SIGNED)
+    tampered = url.replace(b"w:300", b"w:301")
+    for _ in range(2):
+        with pytest.raises(SignatureError):
+            parser.path(tampered)
+    query = sign_query(build_query(SRC, ["w:10"]), SIGNED).partition("?")[2].encode()
+    assert parser.query(query) is parser.query(query)
+    assert parser.query(query).spec.width == 10

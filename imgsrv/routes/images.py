@@ -9,7 +9,7 @@ from starlette.responses import Response
 from imgsrv.config import Settings
 from imgsrv.negotiation import accepted_formats
 from imgsrv.render import Renderer, RenderResult
-from imgsrv.urls import ParsedUrl, parse_path, parse_query
+from imgsrv.urls import ParsedUrl, UrlParser
 
 
 def _settings(request: Request) -> Settings:
@@ -22,6 +22,11 @@ def _renderer(request: Request) -> Renderer:
     return renderer
 
 
+def _parser(request: Request) -> UrlParser:
+    parser: UrlParser = request.app.state.url_parser
+    return parser
+
+
 def _raw_path(request: Request, prefix: str = "") -> bytes:
     raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
     return raw[len(prefix) :] if prefix else raw
@@ -29,25 +34,25 @@ def _raw_path(request: Request, prefix: str = "") -> bytes:
 
 async def image_from_path(request: Request) -> Response:
     """``GET /{signature}/{options}/{source}``."""
-    parsed = parse_path(_raw_path(request), _settings(request))
+    parsed = _parser(request).path(_raw_path(request))
     return await _image_response(request, parsed)
 
 
 async def image_from_query(request: Request) -> Response:
     """``GET /img?url=...&options...&sig=...``."""
-    parsed = parse_query(request.scope["query_string"], _settings(request))
+    parsed = _parser(request).query(request.scope["query_string"])
     return await _image_response(request, parsed)
 
 
 async def info_from_path(request: Request) -> Response:
     """``GET /info/{signature}/{options}/{source}``: JSON metadata of the source."""
-    parsed = parse_path(_raw_path(request, "/info"), _settings(request))
+    parsed = _parser(request).path(_raw_path(request, "/info"))
     return await _info_response(request, parsed)
 
 
 async def info_from_query(request: Request) -> Response:
     """``GET /info?url=...&sig=...``."""
-    parsed = parse_query(request.scope["query_string"], _settings(request))
+    parsed = _parser(request).query(request.scope["query_string"])
     return await _info_response(request, parsed)
 
 
