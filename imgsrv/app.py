@@ -18,8 +18,11 @@ from starlette.routing import Route
 from imgsrv.access import AccessLogMiddleware
 from imgsrv.config import Settings, load_settings
 from imgsrv.errors import ImgsrvError
+from imgsrv.jobs.config import JobConfig
+from imgsrv.jobs.errors import ApiKeyRequired
+from imgsrv.jobs.worker import serve_jobs
 from imgsrv.logs import configure_logging
-from imgsrv.routes import cache, images, ops, problems
+from imgsrv.routes import cache, images, jobs, ops, problems
 from imgsrv.runtime import open_runtime
 from imgsrv.urls import UrlParser
 
@@ -28,22 +31,28 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """Build the ASGI app for ``settings`` (default: from the environment)."""
     settings = settings or load_settings()
     configure_logging(settings.log_level)
+    job_config = JobConfig.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_runtime(settings) as runtime:
+        async with open_runtime(settings) as runtime, serve_jobs(runtime, job_config) as queue:
             app.state.runtime = runtime
             app.state.renderer = runtime.renderer
+            app.state.job_queue = queue
             try:
                 yield
             finally:
                 app.state.renderer = None
+                app.state.job_queue = None
 
     routes = [
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
         Route("/v1/cache", cache.purge_source, methods=["DELETE"]),
+        Route("/v1/openapi.json", jobs.openapi, methods=["GET"]),
+        Route("/v1/jobs", jobs.jobs, methods=["GET", "POST"]),
+        Route("/v1/jobs/{job_id}", jobs.job, methods=["GET", "DELETE"]),
         Route("/img", images.image_from_query, methods=["GET"]),
         Route("/info", images.info_from_query, methods=["GET"]),
         Route("/info/{rest:path}", images.info_from_path, methods=["GET"]),
@@ -54,6 +63,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
         middleware=[Middleware(AccessLogMiddleware, enabled=settings.access_log)],
         exception_handlers={
+            ApiKeyRequired: jobs.api_key_required,
             ImgsrvError: problems.imgsrv_error,
             HTTPException: problems.http_error,
             Exception: problems.internal_error,
@@ -62,6 +72,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.url_parser = UrlParser(settings)
     app.state.renderer = None
+    app.state.job_config = job_config
+    app.state.job_queue = None
     return app
 
 

@@ -1,4 +1,4 @@
-"""The ``imgsrv`` command: ``serve``, ``sign``, ``genkey`` and ``config``.
+"""The ``imgsrv`` command: ``serve``, ``worker``, ``sign``, ``genkey`` and ``config``.
 
 Settings come from :func:`imgsrv.config.load_settings` (defaults, ``IMGSRV_CONFIG``, ``IMGSRV_*``
 environment); command-line flags of ``serve`` override them and are handed to the worker
@@ -9,6 +9,7 @@ from the environment.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from imgsrv.logs import configure_logging
 
 log = logging.getLogger("imgsrv.cli")
 
-SECRET_SETTINGS = ("signing_key", "signing_salt", "admin_key")
+SECRET_SETTINGS = ("signing_key", "signing_salt", "admin_key", "api_keys", "job_callback_secret")
 URL_SETTINGS = ("redis_url", "source_base_url")
 MASK = "********"
 WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
@@ -78,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="print the effective settings, secrets masked")
     config.set_defaults(command=config_command)
+
+    worker = commands.add_parser("worker", help="run jobs from the queue, without HTTP")
+    worker.add_argument(
+        "--concurrency",
+        type=_non_negative_int,
+        help="jobs run at once; default: two per transform thread",
+    )
+    worker.add_argument(
+        "--nice",
+        type=_non_negative_int,
+        default=10,
+        help="lower the worker's CPU priority by this much (default 10), so that image "
+        "requests served on the same machine keep their latency; 0 = unchanged",
+    )
+    worker.set_defaults(command=worker_command)
     return parser
 
 
@@ -118,6 +134,24 @@ def serve_command(args: argparse.Namespace) -> int:
         return 0
     # gunicorn replaces this process; its on_starting/on_exit hooks own the embedded Redis.
     serving.exec_gunicorn()
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    """Run a dedicated job worker until SIGTERM/SIGINT; it stops gracefully."""
+    # Imported here: the worker loads libvips, which `serve` must not do before gunicorn forks.
+    from imgsrv.jobs.worker import run_worker, worker_settings
+
+    settings = worker_settings(load_settings())
+    configure_logging(settings.log_level)
+    # Before any thread exists, so that the libvips threads inherit the lower priority.
+    os.nice(min(args.nice, 19))
+    # Two jobs per thread: while one waits for its download or Redis, the other transforms.
+    concurrency = args.concurrency or 2 * settings.thread_count
+    asyncio.run(run_worker(settings, concurrency))
+    return 0
 
 
 # --------------------------------------------------------------------------- sign

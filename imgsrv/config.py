@@ -71,9 +71,12 @@ class Settings:
 
     # --- concurrency
     transform_threads: int = 0  # 0 = number of CPUs
-    max_queue: int = 0  # transforms waiting for a thread before 503; 0 = 16 per thread
+    max_queue: int = 0  # transforms waiting for a thread before 503; 0 = 64 per thread
+    max_queue_wait: float = 2.0  # 503 when a new transform would wait longer (seconds)
     retry_after: int = 1
     vips_concurrency: int = 1
+    malloc_arena_max: int = 2  # glibc malloc arenas per process; 0 = glibc's default
+    trim_interval: float = 2.0  # seconds; return freed memory to the OS once the pool idles
 
     # --- cache
     l1_max_bytes: int = 0  # 0 = half the container memory / worker processes
@@ -92,6 +95,21 @@ class Settings:
     redis_breaker_reset: float = 2.0
     embedded_redis: bool = True
     embedded_redis_maxmemory: str = "256mb"
+
+    # --- jobs
+    api_keys: tuple[str, ...] = ()  # "tenant:key" entries
+    job_workers: int = 1  # jobs one server process runs at once; 0 = no in-process worker
+    job_max_attempts: int = 3
+    job_backoff: float = 2.0  # seconds before the first retry; doubles with every attempt
+    job_lease: float = 30.0
+    job_heartbeat: float = 10.0
+    job_poll_interval: float = 0.5
+    job_priority_weights: str = "8:4:1"  # high:normal:low
+    job_max_variants: int = 50
+    job_retention_days: float = 7.0
+    job_callback_secret: str = ""  # hex; empty = each tenant's API key
+    job_callback_timeout: float = 10.0
+    job_callback_attempts: int = 5
 
     @property
     def signing_key_bytes(self) -> bytes:
@@ -123,7 +141,7 @@ class Settings:
 
     @property
     def queue_limit(self) -> int:
-        return self.max_queue or 16 * self.thread_count
+        return self.max_queue or 64 * self.thread_count
 
     @property
     def worker_count(self) -> int:

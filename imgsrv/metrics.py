@@ -84,3 +84,56 @@ COALESCED = Counter(
     "Requests that shared another request's render or download (kind=render|source|lock)",
     ["kind"],
 )
+
+# --- jobs
+JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+
+JOBS_QUEUED = Gauge(
+    "imgsrv_jobs_queued",
+    "Jobs ready to start, per priority, in the shared queue (scale workers on this)",
+    ["priority"],
+    multiprocess_mode="mostrecent",
+)
+JOBS_DELAYED = Gauge(
+    "imgsrv_jobs_delayed",
+    "Queued jobs waiting for their start time or a retry backoff",
+    multiprocess_mode="mostrecent",
+)
+JOBS_RUNNING = Gauge(
+    "imgsrv_jobs_running", "Jobs held by a worker's lease", multiprocess_mode="mostrecent"
+)
+JOB_CALLBACKS_DUE = Gauge(
+    "imgsrv_job_callbacks_due",
+    "Callbacks waiting for delivery (first tries and retries)",
+    multiprocess_mode="mostrecent",
+)
+JOBS_SUBMITTED = Counter("imgsrv_jobs_submitted_total", "Jobs accepted", ["priority"])
+JOBS_FINISHED = Counter(
+    "imgsrv_jobs_finished_total",
+    "Jobs that reached a final state (outcome=succeeded|failed|cancelled)",
+    ["outcome"],
+)
+JOB_SECONDS = Histogram(
+    "imgsrv_job_duration_seconds",
+    "Time from a job's submission to its final state",
+    ["outcome"],
+    buckets=JOB_BUCKETS,
+)
+JOB_ATTEMPTS = Histogram(
+    "imgsrv_job_attempts", "Attempts a finished job took", buckets=(1, 2, 3, 4, 5, 10)
+)
+JOB_RETRIES = Counter(
+    "imgsrv_job_retries_total", "Failed attempts queued again after a backoff", ["reason"]
+)
+JOB_LEASES_REAPED = Counter(
+    "imgsrv_job_leases_reaped_total",
+    "Running jobs taken back from a worker that stopped renewing its lease",
+)
+JOB_VARIANTS = Counter(
+    "imgsrv_job_variants_total", "Variants rendered by job workers (cache=miss|l2)", ["cache"]
+)
+JOB_CALLBACKS = Counter(
+    "imgsrv_job_callbacks_total",
+    "Callback deliveries (outcome=delivered|retry|failed)",
+    ["outcome"],
+)

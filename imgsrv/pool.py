@@ -1,15 +1,19 @@
 """A bounded thread pool for libvips work, with admission control.
 
 Transforms run on a fixed number of threads (pyvips releases the GIL, so threads give real
-parallelism) and wait for a thread in arrival order. When more than ``max_queue`` transforms
-are already waiting, a new one is refused at once with :class:`~imgsrv.errors.Overloaded`
-(503 + Retry-After) instead of growing everyone's latency without bound.
+parallelism) and wait for a thread in arrival order. A new transform is refused at once with
+:class:`~imgsrv.errors.Overloaded` (503 + Retry-After) when it could not start in time: when its
+expected wait (transforms ahead of it x the recent mean transform time / threads) passes
+``max_wait`` seconds, or when ``max_queue`` transforms are already waiting. Shedding early keeps
+the latency of the accepted requests bounded instead of growing everyone's without limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -18,17 +22,30 @@ from imgsrv.errors import Overloaded
 
 T = TypeVar("T")
 
+# Weight of the newest transform time in the running mean: recent enough to follow a change of
+# workload within a few dozen transforms, smooth enough to ignore one odd image.
+EWMA_WEIGHT = 0.1
+
 
 class TransformPool:
-    """Runs blocking callables on ``threads`` threads, at most ``max_queue`` of them waiting."""
+    """Runs blocking callables on ``threads`` threads with bounded waiting."""
 
-    def __init__(self, threads: int, max_queue: int, retry_after: int = 1) -> None:
+    def __init__(
+        self,
+        threads: int,
+        max_queue: int,
+        retry_after: int = 1,
+        max_wait: float = 0.0,
+    ) -> None:
         self.threads = threads
         self.max_queue = max_queue
         self.retry_after = retry_after
+        self.max_wait = max_wait
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="vips")
         self._lock = threading.Lock()
         self._admitted = 0  # running + waiting
+        self.completed = 0
+        self._mean_seconds = 0.0  # running mean of one transform, 0 until the first one
 
     @property
     def admitted(self) -> int:
@@ -39,37 +56,61 @@ class TransformPool:
     def waiting(self) -> int:
         return max(0, self._admitted - self.threads)
 
+    @property
+    def mean_seconds(self) -> float:
+        """Running mean duration of one transform (0 before the first)."""
+        return self._mean_seconds
+
+    def expected_wait(self, extra: int = 1) -> float:
+        """Seconds until ``extra`` more transforms could all have started."""
+        ahead = max(0, self._admitted + extra - self.threads)
+        return ahead * self._mean_seconds / self.threads
+
     def check_capacity(self, reserve: int = 0) -> None:
-        """Raise Overloaded now if a new transform would be refused (before fetching its source)."""
-        if self._admitted >= self.threads + self.max_queue - reserve:
-            raise self._overloaded()
+        """Raise Overloaded now if a new transform would be refused (before fetching its source).
 
-    def _overloaded(self) -> Overloaded:
-        return Overloaded(
-            f"{self._admitted} transforms are in flight; try again shortly",
-            retry_after=self.retry_after,
-        )
-
-    def _admit(self, limit: int) -> None:
+        ``reserve`` keeps that many places free for other callers: background work passes a
+        reserve so that it can never fill the queue that requests need.
+        """
         with self._lock:
-            if self._admitted >= limit:
-                raise self._overloaded()
-            self._admitted += 1
+            self._check(reserve)
+
+    def _check(self, reserve: int) -> None:
+        full = self._admitted >= self.threads + self.max_queue - reserve
+        late = self.max_wait > 0 and self.expected_wait(1 + reserve) > self.max_wait
+        if full or late:
+            wait = max(self.expected_wait(), float(self.retry_after))
+            raise Overloaded(
+                f"{self._admitted} transforms are in flight (about {wait:.1f} s of work); "
+                "try again shortly",
+                retry_after=math.ceil(wait),
+            )
 
     def _release(self, _: Future[Any]) -> None:
         # Runs when the work really ends (or is cancelled before it starts), not when the
         # awaiting request goes away: a thread stays counted while libvips still uses it.
         with self._lock:
             self._admitted -= 1
+            self.completed += 1
+
+    def _timed(self, fn: Callable[..., T], *args: object) -> T:
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            elapsed = time.perf_counter() - started
+            with self._lock:
+                if self._mean_seconds:
+                    self._mean_seconds += EWMA_WEIGHT * (elapsed - self._mean_seconds)
+                else:
+                    self._mean_seconds = elapsed
 
     async def run(self, fn: Callable[..., T], *args: object, reserve: int = 0) -> T:
-        """Run ``fn(*args)`` on the pool; raise Overloaded if the queue is full.
-
-        ``reserve`` keeps that many queue places free for other callers (background work
-        passes a reserve so that it can never fill the queue that requests need).
-        """
-        self._admit(self.threads + self.max_queue - reserve)
-        future = self._executor.submit(fn, *args)
+        """Run ``fn(*args)`` on the pool; raise Overloaded if it could not start in time."""
+        with self._lock:
+            self._check(reserve)
+            self._admitted += 1
+        future = self._executor.submit(self._timed, fn, *args)
         future.add_done_callback(self._release)
         return await asyncio.wrap_future(future)
 

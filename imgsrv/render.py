@@ -140,6 +140,7 @@ class Renderer:
         entry = await self._l2_get(key, spec, use_l1)
         if entry is not None:
             return RenderResult(entry, "l2", {"cache": _ms_since(started)})
+        self.pool.check_capacity(reserve)  # shed before taking the lock others would wait on
         token = await self.l2.acquire_lock(key, spec.source, self.tuning.lock_ttl_ms)
         if token is None:
             entry = await self._wait_for_other_render(key, spec, use_l1)

@@ -20,6 +20,7 @@ from imgsrv.cache.l2 import L2Cache
 from imgsrv.cache.purge import listen_for_purges
 from imgsrv.cache.recent import RecentSources
 from imgsrv.config import Settings
+from imgsrv.memory import limit_malloc_arenas, release_free_memory
 from imgsrv.pool import TransformPool
 from imgsrv.render import Renderer, RenderTuning
 from imgsrv.sources import SourceFetcher
@@ -63,11 +64,27 @@ def build_l2(settings: Settings, redis: Redis) -> L2Cache:
     )
 
 
+async def trim_when_idle(pool: TransformPool, interval: float) -> None:
+    """Return freed memory to the system whenever the pool has gone idle after some work."""
+    trimmed_at = pool.completed
+    while True:
+        await asyncio.sleep(interval)
+        if pool.admitted == 0 and pool.completed != trimmed_at:
+            trimmed_at = pool.completed
+            await asyncio.to_thread(release_free_memory)
+
+
 @asynccontextmanager
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Create the process's runtime; close everything on exit."""
+    limit_malloc_arenas(settings.malloc_arena_max)
     configure_vips(settings.vips_concurrency)
-    pool = TransformPool(settings.thread_count, settings.queue_limit, settings.retry_after)
+    pool = TransformPool(
+        settings.thread_count,
+        settings.queue_limit,
+        retry_after=settings.retry_after,
+        max_wait=settings.max_queue_wait,
+    )
     fetcher = SourceFetcher(settings)
     redis = connect_redis(settings)
     l2 = build_l2(settings, redis) if redis is not None else None
@@ -84,6 +101,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         ),
     )
     runtime = Runtime(settings, pool, fetcher, redis, renderer)
+    if settings.trim_interval > 0:
+        runtime.background.append(asyncio.create_task(trim_when_idle(pool, settings.trim_interval)))
     if redis is not None and l2 is not None:
         runtime.background.append(
             asyncio.create_task(listen_for_purges(redis, l2.purge_channel, renderer.drop_local))

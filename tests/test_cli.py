@@ -88,6 +88,8 @@ def test_config_prints_valid_toml_with_secrets_masked(tmp_path: Path) -> None:
         "IMGSRV_SIGNING_KEY": KEY,
         "IMGSRV_SIGNING_SALT": SALT,
         "IMGSRV_ADMIN_KEY": "admin-token-xyz",
+        "IMGSRV_API_KEYS": "tenant-a:api-key-abc",
+        "IMGSRV_JOB_CALLBACK_SECRET": "c0ffee",
         "IMGSRV_REDIS_URL": "redis://cache:s3cr3t-pw@redis.internal:6379/0",
         "IMGSRV_SOURCE_BASE_URL": "https://user:src-pw@assets.example/",
         "IMGSRV_PORT": "9099",
@@ -95,7 +97,7 @@ def test_config_prints_valid_toml_with_secrets_masked(tmp_path: Path) -> None:
     }
     result = run_imgsrv(tmp_path, "config", **secrets_env)
     assert result.returncode == 0, result.stderr
-    for secret in (KEY, SALT, "admin-token-xyz", "s3cr3t-pw", "src-pw"):
+    for secret in (KEY, SALT, "admin-token-xyz", "api-key-abc", "c0ffee", "s3cr3t-pw", "src-pw"):
         assert secret not in result.stdout
     printed = tomllib.loads(result.stdout)
     assert sorted(printed) == sorted(settings_fields())

@@ -82,3 +82,22 @@ async def test_reserve_keeps_places_for_other_callers() -> None:
     gate.set()
     await asyncio.gather(blocker, queued)
     pool.shutdown()
+
+
+async def test_sheds_when_the_expected_wait_passes_max_wait() -> None:
+    pool = TransformPool(threads=1, max_queue=100, retry_after=1, max_wait=0.25)
+    await pool.run(time.sleep, 0.1)  # teaches the pool that a transform takes ~0.1 s
+    assert 0.09 < pool.mean_seconds < 0.2
+    gate = threading.Event()
+    tasks = [asyncio.create_task(pool.run(gate.wait, 5)) for _ in range(3)]
+    await asyncio.sleep(0.02)
+    # 1 running + 2 waiting: a 4th would wait ~0.3 s > 0.25 s, far below max_queue
+    assert pool.expected_wait() > 0.25
+    started = time.perf_counter()
+    with pytest.raises(Overloaded) as info:
+        await pool.run(time.sleep, 0)
+    assert time.perf_counter() - started < 0.05
+    assert info.value.retry_after >= 1
+    gate.set()
+    await asyncio.gather(*tasks)
+    pool.shutdown()

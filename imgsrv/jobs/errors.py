@@ -1,0 +1,56 @@
+"""Errors of the job API, in the server's one error hierarchy (problem+json, status)."""
+
+from __future__ import annotations
+
+from imgsrv.errors import BadRequest, Forbidden, ImgsrvError, NotFound, TooLarge, Unauthorized
+
+
+class InvalidJob(BadRequest):
+    """A job submission or query that cannot be accepted; ``field`` names the culprit."""
+
+    title = "Invalid job"
+    slug = "invalid-job"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+
+    def problem(self) -> dict[str, object]:
+        body = super().problem()
+        body["field"] = self.field
+        return body
+
+
+class ForbiddenCallback(Forbidden):
+    """The callback URL points at an address the SSRF guard refuses."""
+
+    title = "Forbidden callback URL"
+    slug = "forbidden-callback"
+
+
+class ApiKeyRequired(Unauthorized):
+    """No API key, or one that matches no configured key."""
+
+    title = "API key required"
+    slug = "api-key-required"
+
+
+class JobNotFound(NotFound):
+    """No job of this tenant has that id (another tenant's jobs are not found either)."""
+
+    title = "Job not found"
+    slug = "job-not-found"
+
+
+class RequestTooLarge(TooLarge):
+    title = "Request too large"
+    slug = "request-too-large"
+
+
+class QueueUnavailable(ImgsrvError):
+    """Redis, which holds the queue, is not configured or does not answer."""
+
+    status = 503
+    title = "Job queue unavailable"
+    slug = "queue-unavailable"
+    retryable = True
