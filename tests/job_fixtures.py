@@ -16,7 +16,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from imgsrv.config import Settings, load_settings
-from tests.servers import RedisProcess
+from tests.servers import RedisProcess, stop_process
 
 T = TypeVar("T")
 
@@ -141,14 +141,7 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit status."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop_process(self.process, timeout)
 
     def stderr(self) -> str:
         assert self.process is not None and self.process.stderr is not None

@@ -45,6 +45,20 @@ class RedisProcess:
         return self.server.process.pid
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float) -> int:
+    """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit status."""
+    if process is None:
+        return 0
+    if process.poll() is not None:
+        return process.returncode
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -94,14 +108,7 @@ class ImgsrvProcess:
         raise RuntimeError("imgsrv did not become ready")
 
     def stop(self, timeout: float = 20.0) -> int:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop_process(self.process, timeout)
 
     def __enter__(self) -> ImgsrvProcess:
         return self.start()
