@@ -15,8 +15,8 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from imgsrv.errors import Overloaded
 
@@ -25,6 +25,21 @@ T = TypeVar("T")
 # Weight of the newest transform time in the running mean: recent enough to follow a change of
 # workload within a few dozen transforms, smooth enough to ignore one odd image.
 EWMA_WEIGHT = 0.1
+
+
+class Admission:
+    """One place in the pool, held from admission until its transform ends."""
+
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: TransformPool) -> None:
+        self._pool: TransformPool | None = pool
+
+    def release(self, _: object = None) -> None:
+        """Free the place (idempotent)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool._release()
 
 
 class TransformPool:
@@ -86,9 +101,18 @@ class TransformPool:
                 retry_after=math.ceil(wait),
             )
 
-    def _release(self, _: Future[Any]) -> None:
-        # Runs when the work really ends (or is cancelled before it starts), not when the
-        # awaiting request goes away: a thread stays counted while libvips still uses it.
+    def admit(self, reserve: int = 0) -> Admission:
+        """Take a place for one transform now, or raise Overloaded.
+
+        Take it before fetching the source: a request that has a place is counted while it
+        downloads, so sheds happen at once instead of after a download that is then wasted.
+        """
+        with self._lock:
+            self._check(reserve)
+            self._admitted += 1
+        return Admission(self)
+
+    def _release(self) -> None:
         with self._lock:
             self._admitted -= 1
             self.completed += 1
@@ -107,11 +131,16 @@ class TransformPool:
 
     async def run(self, fn: Callable[..., T], *args: object, reserve: int = 0) -> T:
         """Run ``fn(*args)`` on the pool; raise Overloaded if it could not start in time."""
-        with self._lock:
-            self._check(reserve)
-            self._admitted += 1
+        return await self.run_admitted(self.admit(reserve), fn, *args)
+
+    async def run_admitted(self, admission: Admission, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)`` in the place ``admission`` holds; the place is freed when it ends.
+
+        It ends when the work really ends (or is cancelled before it starts), not when the
+        awaiting request goes away: a thread stays counted while libvips still uses it.
+        """
         future = self._executor.submit(self._timed, fn, *args)
-        future.add_done_callback(self._release)
+        future.add_done_callback(admission.release)
         return await asyncio.wrap_future(future)
 
     def shutdown(self) -> None:

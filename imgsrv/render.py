@@ -28,7 +28,7 @@ from imgsrv.cache.l1 import L1Cache
 from imgsrv.cache.l2 import L2Cache
 from imgsrv.cache.recent import RecentSources
 from imgsrv.errors import ImgsrvError
-from imgsrv.pool import TransformPool
+from imgsrv.pool import Admission, TransformPool
 from imgsrv.sources import SourceBytes, SourceFetcher
 from imgsrv.spec import TransformSpec
 from imgsrv.transform import ImageInfo, Rendered, TransformOptions, probe, transform
@@ -179,12 +179,11 @@ class Renderer:
     async def _render_and_store(
         self, key: str, spec: TransformSpec, accepted: frozenset[str], reserve: int
     ) -> RenderResult:
-        self.pool.check_capacity(reserve)
-        source, fetch_ms = await self._fetch(spec.source)
+        admission, source, fetch_ms = await self._admit_and_fetch(spec.source, reserve)
         started = time.perf_counter()
         try:
-            image = await self.pool.run(
-                transform, source.data, spec, accepted, self.options, reserve=reserve
+            image = await self.pool.run_admitted(
+                admission, transform, source.data, spec, accepted, self.options
             )
         except ImgsrvError as exc:
             metrics.TRANSFORM_ERRORS.labels(exc.slug).inc()
@@ -210,9 +209,8 @@ class Renderer:
 
     async def info(self, spec: TransformSpec) -> ImageInfo:
         """Header metadata of the source of ``spec`` (its options are ignored)."""
-        self.pool.check_capacity()
-        source, _ = await self._fetch(spec.source)
-        return await self.pool.run(probe, source.data, self.options)
+        admission, source, _ = await self._admit_and_fetch(spec.source, 0)
+        return await self.pool.run_admitted(admission, probe, source.data, self.options)
 
     async def purge(self, source: str) -> int | None:
         """Forget every cached variant of ``source`` here, in L2 and (via pub/sub) elsewhere."""
@@ -225,6 +223,18 @@ class Renderer:
             self.l1.drop_source(source)
             metrics.L1_BYTES.set(self.l1.bytes_in_use)
         self.recent.drop(source)
+
+    async def _admit_and_fetch(
+        self, source: str, reserve: int
+    ) -> tuple[Admission, SourceBytes, float]:
+        """A pool place (or Overloaded at once), then the source; the place is kept for it."""
+        admission = self.pool.admit(reserve)
+        try:
+            fetched, fetch_ms = await self._fetch(source)
+        except BaseException:
+            admission.release()
+            raise
+        return admission, fetched, fetch_ms
 
     async def _fetch(self, source: str) -> tuple[SourceBytes, float]:
         started = time.perf_counter()

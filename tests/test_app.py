@@ -244,3 +244,30 @@ def test_allowed_networks_let_a_local_origin_through_but_not_redirects_elsewhere
 def test_garbage_paths_never_5xx(client: TestClient, text: str) -> None:
     r = client.get("/" + quote(text, safe="/:@%?&=._-"))
     assert r.status_code < 500, (text, r.status_code, r.text[:200])
+
+
+def test_sheds_at_once_while_admitted_requests_are_still_downloading(
+    corpus_dir: Path, origin: Origin
+) -> None:
+    settings = corpus_settings(
+        transform_threads=1, max_queue=1, allow_source_networks=("127.0.0.0/8",)
+    )
+    # every source takes a second to answer: admitted requests hold their place meanwhile
+    urls = [
+        "/_/w:10/plain/" + quote(origin.url(f"slow-headers?delay=1&n={i}"), safe="")
+        for i in range(6)
+    ]
+
+    async def burst(base: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            return await asyncio.gather(*(http.get(url) for url in urls))
+
+    with LiveServer(settings) as server:
+        responses = asyncio.run(burst(server.url))
+    shed = [r for r in responses if r.status_code == 503]
+    assert len(shed) == 4, [r.status_code for r in responses]
+    assert all(r.elapsed.total_seconds() < 0.5 for r in shed)
+    # the two admitted ones got their source (b"slow", not an image) after the delay
+    admitted = [r for r in responses if r.status_code != 503]
+    assert [r.status_code for r in admitted] == [415, 415]
+    assert all(r.elapsed.total_seconds() >= 0.9 for r in admitted)

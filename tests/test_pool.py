@@ -101,3 +101,18 @@ async def test_sheds_when_the_expected_wait_passes_max_wait() -> None:
     gate.set()
     await asyncio.gather(*tasks)
     pool.shutdown()
+
+
+async def test_an_admission_holds_its_place_until_its_work_ends() -> None:
+    pool = TransformPool(threads=1, max_queue=1)
+    first = pool.admit()  # e.g. still downloading its source
+    second = pool.admit()
+    assert pool.admitted == 2
+    with pytest.raises(Overloaded):
+        pool.admit()  # refused now, not after a download
+    second.release()
+    second.release()  # idempotent
+    assert pool.admitted == 1
+    assert await pool.run_admitted(first, sum, [2, 3]) == 5
+    assert pool.admitted == 0 and pool.completed == 2
+    pool.shutdown()
