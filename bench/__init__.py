@@ -1,0 +1,1 @@
+"""Benchmark suite of imgsrv: ``python bench/run.py`` (see bench/README.md)."""

@@ -1,0 +1,123 @@
+"""One contender's measurements: per round, then merged over the interleaved rounds.
+
+The results format gives every contender the same six numbers (``rps``, ``p50_ms``,
+``p95_ms``, ``p99_ms``, ``errors``, ``peak_rss_mb``); :class:`Round` holds what one timed
+run produced, :func:`merge` turns the rounds into those numbers plus an ``extra`` dict of
+what a reader needs to judge them (per-round rates, shed requests, CPU, memory after load).
+
+Definitions, the same for every contender:
+
+* ``rps``: successful (200) responses per second of measured time;
+* ``p50/p95/p99_ms``: latency of successful responses, client side (queueing included);
+* ``errors``: every other outcome (non-200 status, timeout, connection error); in the
+  ``overload`` scenario 503 answers are the intended outcome and are reported as ``shed``
+  in ``extra`` instead of as errors.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) by linear interpolation; 0.0 for no values."""
+    if not sorted_values:
+        return 0.0
+    if len(sorted_values) == 1:
+        return float(sorted_values[0])
+    rank = (len(sorted_values) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(sorted_values) - 1)
+    return float(sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low))
+
+
+@dataclass
+class Round:
+    """What one timed run of one contender produced."""
+
+    ok: int
+    seconds: float
+    latencies_ms: list[float] | None = None  # raw samples, when the tool gives them
+    p50_ms: float = 0.0  # used when there are no raw samples (wrk)
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    errors: int = 0
+    shed: int = 0
+    shed_latencies_ms: list[float] = field(default_factory=list)
+    shed_without_retry_after: int = 0
+    timeouts: int = 0
+    peak_rss_mb: float = 0.0
+    peak_pss_mb: float = 0.0
+    server_cpu_pct: float = 0.0
+    loadgen_cpu_pct: float = 0.0
+    other_cpu_pct: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+    def percentiles(self) -> tuple[float, float, float]:
+        if self.latencies_ms is None:
+            return self.p50_ms, self.p95_ms, self.p99_ms
+        values = sorted(self.latencies_ms)
+        return percentile(values, 50), percentile(values, 95), percentile(values, 99)
+
+
+def _r(value: float, digits: int = 2) -> float:
+    return round(float(value), digits)
+
+
+def merge(rounds: Sequence[Round]) -> dict[str, Any]:
+    """The result entry of a contender from its rounds (see the module docstring)."""
+    if not rounds:
+        raise ValueError("no rounds to merge")
+    ok = sum(r.ok for r in rounds)
+    seconds = sum(r.seconds for r in rounds)
+    if all(r.latencies_ms is not None for r in rounds):
+        merged = sorted(v for r in rounds for v in (r.latencies_ms or ()))
+        p50, p95, p99 = (percentile(merged, q) for q in (50, 95, 99))
+    else:
+        # Only summaries (wrk): the median round's percentile is the robust middle.
+        p50 = statistics.median(r.percentiles()[0] for r in rounds)
+        p95 = statistics.median(r.percentiles()[1] for r in rounds)
+        p99 = statistics.median(r.percentiles()[2] for r in rounds)
+    entry: dict[str, Any] = {
+        "rps": _r(ok / seconds if seconds else 0.0),
+        "p50_ms": _r(p50),
+        "p95_ms": _r(p95),
+        "p99_ms": _r(p99),
+        "errors": sum(r.errors for r in rounds),
+        "peak_rss_mb": _r(max(r.peak_rss_mb for r in rounds), 1),
+    }
+    extra: dict[str, Any] = {
+        "rounds_rps": [_r(r.rps, 1) for r in rounds],
+        "requests_ok": ok,
+        "measured_s": _r(seconds, 1),
+        "peak_pss_mb": _r(max(r.peak_pss_mb for r in rounds), 1),
+        "server_cpu_pct": _r(statistics.mean(r.server_cpu_pct for r in rounds), 1),
+        "loadgen_cpu_pct": _r(statistics.mean(r.loadgen_cpu_pct for r in rounds), 1),
+        "other_cpu_pct": _r(statistics.mean(r.other_cpu_pct for r in rounds), 1),
+        "timeouts": sum(r.timeouts for r in rounds),
+    }
+    shed = sum(r.shed for r in rounds)
+    if shed:
+        shed_ms = sorted(v for r in rounds for v in r.shed_latencies_ms)
+        extra["shed"] = shed
+        extra["shed_p50_ms"] = _r(percentile(shed_ms, 50))
+        extra["shed_p99_ms"] = _r(percentile(shed_ms, 99))
+        extra["shed_without_retry_after"] = sum(r.shed_without_retry_after for r in rounds)
+    for r in rounds:
+        for key, value in r.extra.items():
+            if isinstance(value, dict) and isinstance(extra.get(key), dict):
+                # Counts per status (or request kind): add them up over the rounds.
+                for k, v in value.items():
+                    extra[key][k] = extra[key].get(k, 0) + v
+            else:
+                extra[key] = value.copy() if isinstance(value, dict) else value
+    entry["extra"] = extra
+    return entry

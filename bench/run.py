@@ -1,0 +1,228 @@
+"""Run the imgsrv benchmark: ``python bench/run.py [--quick | --smoke] [--out FILE]``.
+
+One command prepares the source images, starts a static origin (nginx if installed) and a
+Redis, then runs every scenario with its contenders interleaved, and writes:
+
+* the results JSON (``--out``, and ``bench/results/<date>.json`` unless ``--smoke``),
+* the same as a markdown table with the target ratios (``.md`` next to the JSON),
+* a PNG chart of throughput and p99 per contender (``.png`` next to the JSON).
+
+``--quick`` runs every scenario and contender briefly (under 3 minutes once the
+virtualenvs under ``bench/.work/`` exist); ``--smoke`` runs imgsrv alone for seconds, to
+check the harness (used by the test suite). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    # ``python bench/run.py`` puts bench/ first on the path; the harness imports as bench.*.
+    sys.path.insert(0, str(REPO))
+
+from bench.harness import (  # noqa: E402
+    ceiling,
+    images,
+    loadgen,
+    origin,
+    procs,
+    report,
+    servers,
+    venvs,
+    versions,
+)
+from bench.harness.context import TIMINGS, Bench  # noqa: E402
+from bench.harness.scenarios import SCENARIOS  # noqa: E402
+
+DEFAULT_WORK = REPO / "bench" / ".work"
+RESULTS = REPO / "bench" / "results"
+ALL_CONTENDERS = ("imgsrv", "ceiling", "pipeline", "bare", "thumbor", "loadgen")
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="imgsrv benchmark: imgsrv vs the libvips ceiling, bare starlette, thumbor"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="every scenario, briefly (< 3 min)")
+    mode.add_argument("--smoke", action="store_true", help="imgsrv alone, seconds (CI)")
+    parser.add_argument("--out", type=Path, help="also write the results JSON here")
+    parser.add_argument(
+        "--work", type=Path, default=DEFAULT_WORK,
+        help="scratch folder: sources, logs, virtualenvs (default bench/.work)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="comma-separated subset to run"
+    )
+    parser.add_argument(
+        "--contenders", help=f"comma-separated subset of {','.join(ALL_CONTENDERS)}"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="server processes (default 2)")
+    parser.add_argument("--rounds", type=int, help="override the number of interleaved rounds")
+    parser.add_argument(
+        "--imgsrv-env", action="append", default=[], metavar="NAME=VALUE",
+        help="extra IMGSRV_* setting for imgsrv (repeatable), e.g. IMGSRV_ACCESS_LOG=0",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="attach py-spy to imgsrv's workers during its rounds (bench/results/profiles/)",
+    )  # fmt: skip
+    parser.add_argument("--no-nginx", action="store_true", help="use the Python origin")
+    parser.add_argument("--no-wrk", action="store_true", help="drive hit with locust")
+    parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    timing = TIMINGS[mode]
+    if args.rounds:
+        timing = type(timing)(**{**timing.__dict__, "rounds": args.rounds})
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    default_contenders = ("imgsrv",) if args.smoke else ALL_CONTENDERS
+    contenders = frozenset(
+        c.strip() for c in (args.contenders or ",".join(default_contenders)).split(",")
+    )
+    procs.install_signal_handlers()
+    started = time.monotonic()
+    try:
+        command_line = sys.argv[1:] if argv is None else argv
+        document = run(args, mode, timing, scenarios, contenders, command_line)
+    finally:
+        procs.stop_all()
+    write_outputs(document, args, mode)
+    log(f"done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def run(
+    args: argparse.Namespace,
+    mode: str,
+    timing: object,
+    scenarios: list[str],
+    contenders: frozenset[str],
+    command_line: list[str],
+) -> dict[str, object]:
+    work = args.work.resolve()
+    for folder in ("logs", "samples", "paths"):
+        (work / folder).mkdir(parents=True, exist_ok=True)
+    sources = images.write_sources(work / "sources")
+    # probe.jpg: the bytes of a hit response (the ceiling's output for the hit transform),
+    # served by the origin to measure the load generator's own capacity.
+    ceiling.configure()
+    photo = sources[images.PHOTO_1920.name].read_bytes()
+    (work / "sources" / "probe.jpg").write_bytes(
+        ceiling.vips_transform(photo, "jpeg", ceiling.WIDTH, ceiling.target_height(photo, 300))
+    )
+    thumbor_venv = None
+    if "thumbor" in contenders and not args.smoke:
+        thumbor_venv = venvs.thumbor_venv(work)
+    py_spy = venvs.py_spy(work) if args.profile else None
+    use_wrk = loadgen.wrk_available() and not args.no_wrk
+
+    the_origin = origin.start_origin(work / "sources", work, prefer_nginx=not args.no_nginx)
+    log(f"origin: {the_origin.kind} at {the_origin.url}")
+    redis = servers.start_redis(work)
+    overrides = dict(item.split("=", 1) for item in args.imgsrv_env)
+    bench = Bench(
+        work=work,
+        sources=sources,
+        origin=the_origin,
+        redis=redis,
+        workers=args.workers,
+        timing=timing,  # type: ignore[arg-type]
+        thumbor_venv=thumbor_venv,
+        use_wrk=use_wrk,
+        contenders=contenders,
+        imgsrv_env=overrides,
+        py_spy=py_spy,
+        profile_dir=RESULTS / "profiles" / mode if args.profile else None,
+        log=log,
+    )
+    bench.commands.update(
+        {
+            "run": " ".join(["python bench/run.py", shlex.join(command_line)]).strip(),
+            "mode": mode,
+            "sources": images.describe_sources(sources),
+            "origin": the_origin.command,
+            "redis": redis.command,
+        }
+    )
+    results: dict[str, object] = {}
+    for name in scenarios:
+        log(f"scenario {name}")
+        results[name] = SCENARIOS[name](bench)
+    return {
+        "versions": versions.collect(
+            thumbor_venv, servers.redis_binary(), the_origin.kind, "wrk" if use_wrk else "locust"
+        ),
+        "commands": bench.commands,
+        "scenarios": results,
+    }
+
+
+def write_outputs(document: dict[str, object], args: argparse.Namespace, mode: str) -> None:
+    problems = report.shape_problems(document)
+    if problems:
+        log("results do not follow the documented shape: " + "; ".join(problems))
+    text = json.dumps(document, indent=2) + "\n"
+    targets: list[Path] = []
+    if args.out:
+        targets.append(args.out)
+    complete = not (args.smoke or args.profile or args.contenders or args.rounds) and (
+        args.scenarios == ",".join(SCENARIOS)
+    )
+    if complete:
+        # Only a whole, unprofiled run is kept as the dated results of the suite.
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d")
+        suffix = "" if mode == "full" else f"-{mode}"
+        targets.append(RESULTS / f"{stamp}{suffix}.json")
+    for path in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.with_suffix(".md").write_text(report.markdown(document))  # type: ignore[arg-type]
+        log(f"wrote {path} and {path.with_suffix('.md')}")
+        if not args.no_chart and mode != "smoke":
+            write_chart(path, path.with_suffix(".png"), args.work.resolve())
+    print(report.markdown(document))  # type: ignore[arg-type]
+
+
+def write_chart(results: Path, png: Path, work: Path) -> None:
+    """Draw the chart with matplotlib: here if importable, else in the tools virtualenv."""
+    script = REPO / "bench" / "harness" / "chart.py"
+    try:
+        import matplotlib  # noqa: F401
+
+        python = Path(sys.executable)
+    except ImportError:
+        python = venvs.tools_python(work)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [str(python), str(script), str(results), str(png)], env=env, check=False,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode == 0:
+        log(f"wrote {png}")
+    else:
+        log(f"chart failed: {done.stderr[-2000:]}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
