@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -45,14 +46,66 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes lines in batches instead of one write per line.
+
+    At thousands of requests a second, one write system call per access-log line costs a
+    fifth of the cache-hit throughput. Lines are kept until ``max_lines`` have gathered,
+    ``max_delay`` seconds have passed since the first of them, or :meth:`flush` is called (the
+    runtime calls it periodically and at shutdown); warnings and errors are written at once.
+    """
+
+    def __init__(self, stream: TextIO, max_lines: int = 256, max_delay: float = 0.5) -> None:
+        super().__init__(stream)
+        self.max_lines = max_lines
+        self.max_delay = max_delay
+        self._lines: list[str] = []
+        self._first = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        with self.lock:  # type: ignore[union-attr]
+            if not self._lines:
+                self._first = time.monotonic()
+            self._lines.append(line)
+            due = (
+                record.levelno >= logging.WARNING
+                or len(self._lines) >= self.max_lines
+                or time.monotonic() - self._first >= self.max_delay
+            )
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            lines, self._lines = self._lines, []
+            try:
+                if lines:
+                    self.stream.write("\n".join(lines) + "\n")
+                super().flush()
+            except (OSError, ValueError):
+                pass  # the stream is gone (closed at interpreter exit): nowhere to write
+
+
+def flush_logs() -> None:
+    """Write out every batched log line now."""
+    for handler in logging.getLogger("imgsrv").handlers:
+        handler.flush()
+
+
 def configure_logging(level: str = "info") -> None:
     """Send imgsrv's logs to stderr as JSON lines (idempotent)."""
     logger = logging.getLogger("imgsrv")
     logger.setLevel(level.upper())
     if not any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = BatchingStreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
+        atexit.register(flush_logs)
     logger.propagate = False
     # libvips reports recoverable decoder warnings through this logger once per tile; the
     # request outcome (served, or a 4xx with the reason) already says what matters.

@@ -20,6 +20,7 @@ from imgsrv.cache.l2 import L2Cache
 from imgsrv.cache.purge import listen_for_purges
 from imgsrv.cache.recent import RecentSources
 from imgsrv.config import Settings
+from imgsrv.logs import flush_logs
 from imgsrv.memory import limit_malloc_arenas, release_free_memory
 from imgsrv.pool import TransformPool
 from imgsrv.render import Renderer, RenderTuning
@@ -64,6 +65,13 @@ def build_l2(settings: Settings, redis: Redis) -> L2Cache:
     )
 
 
+async def flush_logs_periodically(interval: float = 0.5) -> None:
+    """Write batched log lines out even when no new line arrives to trigger it."""
+    while True:
+        await asyncio.sleep(interval)
+        flush_logs()
+
+
 async def trim_when_idle(pool: TransformPool, interval: float) -> None:
     """Return freed memory to the system whenever the pool has gone idle after some work."""
     trimmed_at = pool.completed
@@ -101,6 +109,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         ),
     )
     runtime = Runtime(settings, pool, fetcher, redis, renderer)
+    runtime.background.append(asyncio.create_task(flush_logs_periodically()))
     if settings.trim_interval > 0:
         runtime.background.append(asyncio.create_task(trim_when_idle(pool, settings.trim_interval)))
     if redis is not None and l2 is not None:
@@ -113,6 +122,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         for task in runtime.background:
             task.cancel()
         await asyncio.gather(*runtime.background, return_exceptions=True)
+        flush_logs()
         if redis is not None:
             await redis.aclose()
         await fetcher.aclose()

@@ -242,7 +242,8 @@ def test_allowed_networks_let_a_local_origin_through_but_not_redirects_elsewhere
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 def test_garbage_paths_never_5xx(client: TestClient, text: str) -> None:
-    r = client.get("/" + quote(text, safe="/:@%?&=._-"))
+    # (a leading "//" would make the client read the path as a host name)
+    r = client.get("/" + quote(text.lstrip("/"), safe="/:@%?&=._-"))
     assert r.status_code < 500, (text, r.status_code, r.text[:200])
 
 

@@ -1,0 +1,50 @@
+"""JSON log lines, written in batches."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import orjson
+
+from imgsrv.logs import BatchingStreamHandler, JsonFormatter
+
+
+def make_logger(stream: io.StringIO, **kwargs: float) -> logging.Logger:
+    logger = logging.getLogger(f"imgsrv.test.{id(stream)}")
+    logger.handlers.clear()
+    handler = BatchingStreamHandler(stream, **kwargs)  # type: ignore[arg-type]
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+def test_lines_are_batched_until_flush_or_batch_size() -> None:
+    stream = io.StringIO()
+    logger = make_logger(stream, max_lines=3, max_delay=60)
+    logger.info("one", extra={"status": 200})
+    logger.info("two")
+    assert stream.getvalue() == ""
+    logger.info("three")  # the third line fills the batch
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["msg"] for line in lines] == ["one", "two", "three"]
+    assert lines[0]["status"] == 200 and lines[0]["level"] == "info"
+    assert lines[0]["ts"].endswith("Z")
+    logger.info("four")
+    logger.handlers[0].flush()
+    assert stream.getvalue().splitlines()[-1].startswith('{"ts"')
+    assert orjson.loads(stream.getvalue().splitlines()[-1])["msg"] == "four"
+
+
+def test_warnings_and_old_lines_are_written_at_once() -> None:
+    stream = io.StringIO()
+    logger = make_logger(stream, max_lines=100, max_delay=60)
+    logger.info("quiet")
+    logger.warning("loud")
+    assert [orjson.loads(x)["msg"] for x in stream.getvalue().splitlines()] == ["quiet", "loud"]
+    stale = io.StringIO()
+    logger = make_logger(stale, max_lines=100, max_delay=0)
+    logger.info("late")
+    assert orjson.loads(stale.getvalue())["msg"] == "late"
