@@ -22,6 +22,9 @@ import shlex
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +44,7 @@ from bench.harness import (  # noqa: E402
     versions,
 )
 from bench.harness.context import TIMINGS, Bench  # noqa: E402
-from bench.harness.scenarios import SCENARIOS  # noqa: E402
+from bench.harness.scenarios import SCENARIOS, skipped  # noqa: E402
 
 DEFAULT_WORK = REPO / "bench" / ".work"
 RESULTS = REPO / "bench" / "results"
@@ -102,14 +105,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     procs.install_signal_handlers()
     started = time.monotonic()
-    try:
-        command_line = sys.argv[1:] if argv is None else argv
-        document = run(args, mode, timing, scenarios, contenders, command_line)
-    finally:
-        procs.stop_all()
+    args.work.mkdir(parents=True, exist_ok=True)
+    with work_lock(args.work):
+        try:
+            command_line = sys.argv[1:] if argv is None else argv
+            document = run(args, mode, timing, scenarios, contenders, command_line)
+        finally:
+            procs.stop_all()
     write_outputs(document, args, mode)
     log(f"done in {time.monotonic() - started:.0f} s")
     return 0
+
+
+@contextmanager
+def work_lock(work: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the work folder: two runs sharing it would stop each
+    other's Redis and overwrite each other's files."""
+    import fcntl
+
+    with open(work / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(
+                f"another benchmark run is using {work}; wait for it or pass --work DIR"
+            ) from None
+        yield
 
 
 def run(
@@ -168,7 +189,13 @@ def run(
     results: dict[str, object] = {}
     for name in scenarios:
         log(f"scenario {name}")
-        results[name] = SCENARIOS[name](bench)
+        try:
+            results[name] = SCENARIOS[name](bench)
+        except Exception as exc:
+            # One broken scenario must not cost the others' results: record it and go on.
+            log(f"scenario {name} failed:\n{traceback.format_exc()}")
+            users = 256 if name == "overload" else 32
+            results[name] = skipped(users, f"failed: {type(exc).__name__}: {exc}"[:500])
     return {
         "versions": versions.collect(
             thumbor_venv, servers.redis_binary(), the_origin.kind, "wrk" if use_wrk else "locust"
