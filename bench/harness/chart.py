@@ -66,7 +66,8 @@ def draw(document: dict[str, Any], out: Path) -> None:
     versions = document.get("versions", {})
     fig.suptitle(
         "imgsrv benchmark: throughput (top, higher is better) and p99 latency (bottom, lower "
-        f"is better) — {versions.get('machine', '')}",
+        "is better; for ceiling and pipeline: time per transform, no queue)\n"
+        f"{versions.get('machine', '')}",
         fontsize=9,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.95))

@@ -57,8 +57,8 @@ class Timing:
 TIMINGS = {
     "full": Timing(rounds=3, miss_s=20, hit_s=10, warmup_s=3, overload_s=20, jobs_s=30,
                    settle_s=35, quiet_wait_s=15),
-    "quick": Timing(rounds=1, miss_s=5, hit_s=3, warmup_s=1, overload_s=5, jobs_s=5,
-                    settle_s=2, quiet_wait_s=3),
+    "quick": Timing(rounds=1, miss_s=4, hit_s=3, warmup_s=1, overload_s=4, jobs_s=4,
+                    settle_s=2, quiet_wait_s=2, hit_urls=100),
     "smoke": Timing(rounds=1, miss_s=2, hit_s=2, warmup_s=0.5, overload_s=2, jobs_s=2,
                     settle_s=0.5, quiet_wait_s=0, hit_urls=30),
 }  # fmt: skip
@@ -96,7 +96,7 @@ class Bench:
     imgsrv_source: str = ""
     log: Callable[[str], None] = print
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ servers and rounds
 
     def dialect(self, name: str) -> Dialect:
         return Dialect(name, self.origin.url)
