@@ -224,6 +224,10 @@ class Renderer:
             metrics.L1_BYTES.set(self.l1.bytes_in_use)
         self.recent.drop(source)
 
+    def expire_memory(self) -> int:
+        """Drop recent downloads past their time; returns how many were dropped."""
+        return self.recent.expire()
+
     async def _admit_and_fetch(
         self, source: str, reserve: int
     ) -> tuple[Admission, SourceBytes, float]:

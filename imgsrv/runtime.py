@@ -8,7 +8,7 @@ and sockets must not be shared between processes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 
@@ -72,12 +72,19 @@ async def flush_logs_periodically(interval: float = 0.5) -> None:
         flush_logs()
 
 
-async def trim_when_idle(pool: TransformPool, interval: float) -> None:
-    """Return freed memory to the system whenever the pool has gone idle after some work."""
+async def trim_when_idle(
+    pool: TransformPool, interval: float, expire: Callable[[], int] = lambda: 0
+) -> None:
+    """Return freed memory to the system whenever the pool has gone idle after some work.
+
+    ``expire`` runs first on every tick and says how many cached objects it dropped; dropping
+    any also earns a trim, so memory held by a burst comes back once its caches expire.
+    """
     trimmed_at = pool.completed
     while True:
         await asyncio.sleep(interval)
-        if pool.admitted == 0 and pool.completed != trimmed_at:
+        dropped = expire()
+        if pool.admitted == 0 and (pool.completed != trimmed_at or dropped):
             trimmed_at = pool.completed
             await asyncio.to_thread(release_free_memory)
 
@@ -111,7 +118,11 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     runtime = Runtime(settings, pool, fetcher, redis, renderer)
     runtime.background.append(asyncio.create_task(flush_logs_periodically()))
     if settings.trim_interval > 0:
-        runtime.background.append(asyncio.create_task(trim_when_idle(pool, settings.trim_interval)))
+        runtime.background.append(
+            asyncio.create_task(
+                trim_when_idle(pool, settings.trim_interval, renderer.expire_memory)
+            )
+        )
     if redis is not None and l2 is not None:
         runtime.background.append(
             asyncio.create_task(listen_for_purges(redis, l2.purge_channel, renderer.drop_local))

@@ -170,6 +170,21 @@ async def test_recent_sources_fetch_once_then_hit_until_ttl() -> None:
     assert fetches == 2
 
 
+async def test_recent_sources_expire_without_being_used() -> None:
+    recent: RecentSources[Download] = RecentSources(max_bytes=1_000_000, ttl=0.05)
+
+    async def fetch(source: str) -> Download:
+        return Download(b"x" * 1000)
+
+    await recent.get("a", fetch)
+    await recent.get("b", fetch)
+    assert recent.bytes_in_use > 2000
+    assert recent.expire() == 0  # still fresh
+    await asyncio.sleep(0.08)
+    assert recent.expire() == 2
+    assert recent.bytes_in_use == 0
+
+
 async def test_recent_sources_disabled_still_coalesces() -> None:
     recent: RecentSources[Download] = RecentSources(max_bytes=0, ttl=0)
 

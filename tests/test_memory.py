@@ -37,3 +37,21 @@ async def test_trims_once_after_each_burst_when_the_pool_is_idle(
     assert len(trims) == 2
     task.cancel()
     pool.shutdown()
+
+
+async def test_trims_again_once_expired_downloads_are_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trims: list[float] = []
+    monkeypatch.setattr(runtime, "release_free_memory", lambda: trims.append(time.monotonic()))
+    pool = TransformPool(threads=1, max_queue=4)
+    expired = [0, 0, 3]  # the third tick drops three downloads, then nothing more
+
+    def expire() -> int:
+        return expired.pop(0) if expired else 0
+
+    task = asyncio.create_task(runtime.trim_when_idle(pool, 0.05, expire))
+    await asyncio.sleep(0.4)
+    assert len(trims) == 1 and expired == []
+    task.cancel()
+    pool.shutdown()

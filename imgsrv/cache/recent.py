@@ -53,3 +53,17 @@ class RecentSources(Generic[S]):
     def drop(self, source: str) -> None:
         if self._cache is not None:
             self._cache.pop(source, None)
+
+    @property
+    def bytes_in_use(self) -> int:
+        return 0 if self._cache is None else int(self._cache.currsize)
+
+    def expire(self) -> int:
+        """Drop downloads past their time; returns how many were dropped.
+
+        The cache otherwise only expires entries when it is next used, so after a burst of
+        traffic the downloads would stay in memory until the next request.
+        """
+        if self._cache is None:
+            return 0
+        return len(self._cache.expire())
