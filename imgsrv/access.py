@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgsrv import metrics
+from imgsrv.logs import log_fields
 
 log = logging.getLogger("imgsrv.access")
 
@@ -32,12 +34,31 @@ def _loggable_query(query: bytes) -> str:
     return head + "&sig=<redacted>" if sep else text
 
 
+class _RequestMetrics:
+    """The request counter and histogram children per route and status, looked up once."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def record(self, route: str, status: int, seconds: float) -> None:
+        children = self._children.get((route, status))
+        if children is None:
+            children = (
+                metrics.REQUESTS.labels(route, str(status)),
+                metrics.REQUEST_SECONDS.labels(route),
+            )
+            self._children[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
 class AccessLogMiddleware:
     """Logs one JSON line per HTTP request and records request metrics."""
 
     def __init__(self, app: ASGIApp, enabled: bool = True) -> None:
         self.app = app
         self.enabled = enabled
+        self._metrics = _RequestMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,21 +84,17 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
-            route = route_name(scope["path"])
-            metrics.REQUESTS.labels(route, str(status)).inc()
-            metrics.REQUEST_SECONDS.labels(route).observe(elapsed)
+            self._metrics.record(route_name(scope["path"]), status, elapsed)
             if self.enabled:
                 client = scope.get("client")
-                log.info(
-                    "request",
-                    extra={
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "query": _loggable_query(scope.get("query_string", b"")),
-                        "status": status,
-                        "bytes": sent,
-                        "ms": round(elapsed * 1000, 2),
-                        "cache": cache,
-                        "client": client[0] if client else None,
-                    },
-                )
+                fields = {
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "query": _loggable_query(scope.get("query_string", b"")),
+                    "status": status,
+                    "bytes": sent,
+                    "ms": round(elapsed * 1000, 2),
+                    "cache": cache,
+                    "client": client[0] if client else None,
+                }
+                log_fields(log, "request", fields)

@@ -53,15 +53,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/openapi.json", jobs.openapi, methods=["GET"]),
         Route("/v1/jobs", jobs.jobs, methods=["GET", "POST"]),
         Route("/v1/jobs/{job_id}", jobs.job, methods=["GET", "DELETE"]),
-        Route("/img", images.image_from_query, methods=["GET"]),
+        Route("/img", images.image_endpoint, methods=["GET"]),
         Route("/info", images.info_from_query, methods=["GET"]),
         Route("/info/{rest:path}", images.info_from_path, methods=["GET"]),
-        Route("/{rest:path}", images.image_from_path, methods=["GET"]),
+        Route("/{rest:path}", images.image_endpoint, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(AccessLogMiddleware, enabled=settings.access_log)],
+        middleware=[
+            Middleware(AccessLogMiddleware, enabled=settings.access_log),
+            Middleware(images.ImageRequests, routed_paths=[route.path for route in routes]),
+        ],
         exception_handlers={
             ApiKeyRequired: jobs.api_key_required,
             ImgsrvError: problems.imgsrv_error,

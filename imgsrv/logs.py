@@ -14,25 +14,30 @@ import orjson
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+class _Timestamps:
+    """ISO 8601 UTC timestamps with milliseconds; one strftime per second, not per line."""
+
+    def __init__(self) -> None:
+        self._last = (-1, "")  # one tuple, replaced whole: threads log too
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        cached_second, stamp = self._last
+        if second != cached_second:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._last = (second, stamp)
+        return f"{stamp}.{int((created - second) * 1000):03d}Z"
+
+
+_timestamp = _Timestamps()
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as a single JSON line with its ``extra`` fields."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._second = -1
-        self._stamp = ""
-
-    def _timestamp(self, created: float) -> str:
-        # One strftime per second rather than per line: access logs write thousands a second.
-        second = int(created)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
-
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": self._timestamp(record.created),
+            "ts": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -68,12 +73,16 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
+        self.write_line(line, urgent=record.levelno >= logging.WARNING)
+
+    def write_line(self, line: str, urgent: bool = False) -> None:
+        """Add one formatted line to the batch (``urgent``: write the batch out now)."""
         with self.lock:  # type: ignore[union-attr]
             if not self._lines:
                 self._first = time.monotonic()
             self._lines.append(line)
             due = (
-                record.levelno >= logging.WARNING
+                urgent
                 or len(self._lines) >= self.max_lines
                 or time.monotonic() - self._first >= self.max_delay
             )
@@ -89,6 +98,43 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 super().flush()
             except (OSError, ValueError):
                 pass  # the stream is gone (closed at interpreter exit): nowhere to write
+
+
+def log_fields(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
+    """Log ``msg`` with ``fields`` at info level, as :meth:`logging.Logger.info` with ``extra``.
+
+    For the access log's thousands of lines a second: where the line goes to imgsrv's JSON
+    handler, it is written without building a LogRecord (which costs as much as the rest of a
+    memory-cache hit); any other handler gets a normal record.
+    """
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handlers = _handlers(logger)
+    direct = [h for h in handlers if isinstance(h, BatchingStreamHandler) and _is_json(h)]
+    if len(direct) < len(handlers):
+        logger.info(msg, extra=fields)
+        return
+    entry = {"ts": _timestamp(time.time()), "level": "info", "logger": logger.name, "msg": msg}
+    line = orjson.dumps(entry | fields, default=str).decode()
+    for handler in direct:
+        if handler.level <= logging.INFO:
+            handler.write_line(line)
+
+
+def _handlers(logger: logging.Logger) -> list[logging.Handler]:
+    # The handlers logging itself would call, in the same walk up the hierarchy.
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        found.extend(current.handlers)
+        if not current.propagate:
+            break
+        current = current.parent
+    return found
+
+
+def _is_json(handler: logging.Handler) -> bool:
+    return type(handler.formatter) is JsonFormatter and not handler.filters
 
 
 def flush_logs() -> None:

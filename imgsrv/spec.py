@@ -69,6 +69,13 @@ class TransformSpec:
     strip: bool = True
     # Cache lifetime in L2; not part of the canonical string because it does not change the bytes.
     ttl: int = field(default=DEFAULT_TTL, compare=False)
+    # Built once: every request (the L1 hit included) needs it for its cache key.
+    _canonical: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = [":".join([name, *args]) for name, args in self.options()]
+        parts.append("src:" + self.source)
+        object.__setattr__(self, "_canonical", "/".join(parts))
 
     @property
     def target_width(self) -> int:
@@ -125,9 +132,7 @@ class TransformSpec:
 
     def canonical(self) -> str:
         """Stable text of everything that determines the output bytes (cache key basis)."""
-        parts = [":".join([name, *args]) for name, args in self.options()]
-        parts.append("src:" + self.source)
-        return "/".join(parts)
+        return self._canonical
 
     def with_format(self, fmt: FormatChoice | None) -> TransformSpec:
         return replace(self, format=fmt)
@@ -435,4 +440,4 @@ def _check_output_size(spec: TransformSpec, limits: SpecLimits) -> None:
         )
 
 
-SPEC_FIELDS = tuple(f.name for f in fields(TransformSpec))
+SPEC_FIELDS = tuple(f.name for f in fields(TransformSpec) if f.init)

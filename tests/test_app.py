@@ -155,6 +155,27 @@ def test_unmatched_methods_are_problems_too(client: TestClient) -> None:
     assert r.headers["content-type"] == "application/problem+json"
 
 
+def test_image_requests_leave_other_routes_to_the_router(client: TestClient) -> None:
+    from imgsrv.routes.images import ImageRequests
+
+    router = ImageRequests(
+        lambda *_: None, ["/healthz", "/v1/jobs", "/v1/jobs/{job_id}", "/img", "/{rest:path}"]
+    )
+
+    def handled(method: str, path: str) -> bool:
+        return router.handles({"type": "http", "method": method, "path": path})
+
+    assert handled("GET", "/_/w:10/plain/a.jpg") and handled("HEAD", "/img")
+    assert handled("GET", "/healthz/x") and handled("GET", "/v1/jobsx")
+    assert not handled("POST", "/_/w:10/plain/a.jpg")
+    assert not handled("GET", "/healthz") and not handled("GET", "/v1/jobs/abc")
+    # Through the real app: a path that another route owns for another method still reaches
+    # the image endpoint through the router's catch-all, with the same problem+json.
+    assert_problem(client.get("/v1/cache"), 400, "'cache'")
+    assert client.get("/v1/jobs/abc").status_code == 401  # the job API, not an image
+    assert_problem(client.get("/img"), 400, "url")
+
+
 def test_signed_mode_requires_signatures(corpus_dir: Path) -> None:
     from imgsrv.urls import build_path, sign_path
 

@@ -1,25 +1,154 @@
-"""Image and info endpoints for the path form and the ``/img`` query form."""
+"""Image and info endpoints for the path form and the ``/img`` query form.
+
+Image URLs are answered by :class:`ImageRequests`, a pure-ASGI endpoint that sits in front of
+the starlette router. An image request is the server's hot path, and a memory-cache hit should
+cost little more than writing its bytes; through the router it would first be matched against
+every other route, then wrapped in Request and Response objects. The few non-image paths
+(operations, the job API, ``/info``) go on to the router.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 import orjson
+from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imgsrv.config import Settings
+from imgsrv.errors import ImgsrvError
 from imgsrv.negotiation import accepted_formats
 from imgsrv.render import Renderer, RenderResult
+from imgsrv.routes.problems import error_response
 from imgsrv.urls import ParsedUrl, UrlParser
 
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+QUERY_FORM_PATH = "/img"
+IMAGE_METHODS = frozenset({"GET", "HEAD"})
 
 
-def _renderer(request: Request) -> Renderer:
-    renderer: Renderer = request.app.state.renderer
-    return renderer
+@dataclass(frozen=True, slots=True)
+class ImageResponse:
+    """An image response with its header list built directly (no header objects)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes = b""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+class ImageEndpoint:
+    """The ASGI endpoint of image URLs: problem+json for every error the request can cause."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state: State = scope["app"].state
+        settings: Settings = state.settings
+        response: ImageResponse | Response
+        try:
+            response = await image_response(scope, state.url_parser, state.renderer, settings)
+        except ImgsrvError as exc:
+            response = error_response(exc, scope["path"], settings.error_cache_control)
+        await response(scope, receive, send)
+
+
+image_endpoint = ImageEndpoint()
+
+
+class ImageRequests:
+    """Sends ``GET``/``HEAD`` image URLs straight to :data:`image_endpoint`, the rest to ``app``.
+
+    ``routed_paths`` are the paths of the router's other routes (``{param}`` parts allowed): a
+    request whose path one of them matches, by any method, goes to the router, which answers it
+    exactly as if this class were not there (its catch-all route is the same image endpoint).
+    """
+
+    def __init__(self, app: ASGIApp, routed_paths: Iterable[str] = ()) -> None:
+        self.app = app
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        for path in routed_paths:
+            head, brace, _ = path.partition("{")
+            if not brace:
+                exact.add(path)
+            elif head != "/":  # the catch-all is the image route itself
+                prefixes.append(head)
+        exact.discard(QUERY_FORM_PATH)
+        self._exact = frozenset(exact)
+        self._prefixes = tuple(prefixes)
+
+    def handles(self, scope: Scope) -> bool:
+        """Whether this request goes straight to the image endpoint."""
+        if scope["type"] != "http" or scope["method"] not in IMAGE_METHODS:
+            return False
+        path: str = scope["path"]
+        return path not in self._exact and not path.startswith(self._prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.handles(scope):
+            await image_endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+async def image_response(
+    scope: Scope, parser: UrlParser, renderer: Renderer, settings: Settings
+) -> ImageResponse:
+    """Parse the image URL of ``scope``, get the image, and build the response (200 or 304)."""
+    if scope["path"] == QUERY_FORM_PATH:
+        parsed = parser.query(scope["query_string"])
+    else:
+        parsed = parser.path(scope.get("raw_path") or scope["path"].encode())
+    accept = b""
+    if_none_match = b""
+    for name, value in scope["headers"]:
+        if name == b"accept":
+            accept = value
+        elif name == b"if-none-match":
+            if_none_match = value
+    spec = parsed.spec
+    accepted = accepted_formats(accept.decode("latin-1")) if spec.format == "auto" else frozenset()
+    result = await renderer.render(spec, accepted)
+    headers = _image_headers(result, parsed, settings)
+    entry = result.entry
+    if if_none_match and _etag_matches(if_none_match.decode("latin-1"), entry.etag):
+        return ImageResponse(304, headers)
+    headers.append((b"content-type", entry.content_type.encode()))
+    headers.append((b"content-length", b"%d" % len(entry.data)))
+    return ImageResponse(200, headers, entry.data)
+
+
+def _image_headers(
+    result: RenderResult, parsed: ParsedUrl, settings: Settings
+) -> list[tuple[bytes, bytes]]:
+    timing = ", ".join(f"{k};dur={v:.1f}" for k, v in result.timings.items())
+    headers = [
+        (b"etag", result.entry.etag.encode()),
+        (b"cache-control", _cache_control(parsed, settings).encode()),
+        (b"x-cache", result.cache.encode()),
+        (b"server-timing", timing.encode()),
+    ]
+    if parsed.spec.format == "auto":
+        headers.append((b"vary", b"Accept"))
+    return headers
+
+
+def _cache_control(parsed: ParsedUrl, settings: Settings) -> str:
+    return settings.cache_control if parsed.signed else settings.cache_control_unsigned
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    if header.strip() == "*":
+        return True
+    # If-None-Match uses the weak comparison: a W/ prefix does not prevent a match.
+    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
+
+
+# --------------------------------------------------------------------------- /info
 
 
 def _parser(request: Request) -> UrlParser:
@@ -27,26 +156,10 @@ def _parser(request: Request) -> UrlParser:
     return parser
 
 
-def _raw_path(request: Request, prefix: str = "") -> bytes:
-    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
-    return raw[len(prefix) :] if prefix else raw
-
-
-async def image_from_path(request: Request) -> Response:
-    """``GET /{signature}/{options}/{source}``."""
-    parsed = _parser(request).path(_raw_path(request))
-    return await _image_response(request, parsed)
-
-
-async def image_from_query(request: Request) -> Response:
-    """``GET /img?url=...&options...&sig=...``."""
-    parsed = _parser(request).query(request.scope["query_string"])
-    return await _image_response(request, parsed)
-
-
 async def info_from_path(request: Request) -> Response:
     """``GET /info/{signature}/{options}/{source}``: JSON metadata of the source."""
-    parsed = _parser(request).path(_raw_path(request, "/info"))
+    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    parsed = _parser(request).path(raw[len("/info") :])
     return await _info_response(request, parsed)
 
 
@@ -57,7 +170,9 @@ async def info_from_query(request: Request) -> Response:
 
 
 async def _info_response(request: Request, parsed: ParsedUrl) -> Response:
-    info = await _renderer(request).info(parsed.spec)
+    renderer: Renderer = request.app.state.renderer
+    settings: Settings = request.app.state.settings
+    info = await renderer.info(parsed.spec)
     body = {
         "width": info.width,
         "height": info.height,
@@ -69,40 +184,5 @@ async def _info_response(request: Request, parsed: ParsedUrl) -> Response:
     return Response(
         orjson.dumps(body),
         media_type="application/json",
-        headers={"Cache-Control": _cache_control(parsed, _settings(request))},
+        headers={"Cache-Control": _cache_control(parsed, settings)},
     )
-
-
-async def _image_response(request: Request, parsed: ParsedUrl) -> Response:
-    spec = parsed.spec
-    accepted = accepted_formats(request.headers.get("accept", ""))
-    result = await _renderer(request).render(spec, accepted)
-    headers = _image_headers(result, parsed, _settings(request))
-    if _etag_matches(request.headers.get("if-none-match"), result.entry.etag):
-        return Response(status_code=304, headers=headers)
-    return Response(result.entry.data, media_type=result.entry.content_type, headers=headers)
-
-
-def _image_headers(result: RenderResult, parsed: ParsedUrl, settings: Settings) -> dict[str, str]:
-    headers = {
-        "ETag": result.entry.etag,
-        "Cache-Control": _cache_control(parsed, settings),
-        "X-Cache": result.cache,
-        "Server-Timing": ", ".join(f"{k};dur={v:.1f}" for k, v in result.timings.items()),
-    }
-    if parsed.spec.format == "auto":
-        headers["Vary"] = "Accept"
-    return headers
-
-
-def _cache_control(parsed: ParsedUrl, settings: Settings) -> str:
-    return settings.cache_control if parsed.signed else settings.cache_control_unsigned
-
-
-def _etag_matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    if header.strip() == "*":
-        return True
-    # If-None-Match uses the weak comparison: a W/ prefix does not prevent a match.
-    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))

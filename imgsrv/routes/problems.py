@@ -32,14 +32,19 @@ def _cache_control(request: Request) -> str:
     return settings.error_cache_control if settings is not None else "no-store"
 
 
-async def imgsrv_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ImgsrvError)
+def error_response(exc: ImgsrvError, path: str, cache_control: str) -> Response:
+    """The problem+json answer to ``exc`` for a request of ``path``."""
     headers = {}
     if isinstance(exc, Overloaded):
         headers["Retry-After"] = str(exc.retry_after)
     body = exc.problem()
-    body["instance"] = request.url.path
-    return problem_response(body, exc.status, _cache_control(request), headers)
+    body["instance"] = path
+    return problem_response(body, exc.status, cache_control, headers)
+
+
+async def imgsrv_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ImgsrvError)
+    return error_response(exc, request.url.path, _cache_control(request))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
