@@ -125,6 +125,10 @@ class Renderer:
                 return RenderResult(entry, "l1", {"cache": _ms_since(started)})
             self._l1_misses.inc()
         reserve = self.tuning.background_reserve if background else 0
+        if not background:
+            # Past its limit the server refuses new work at once, before any await: a refusal
+            # that first waited for Redis would queue behind the work it cannot keep up with.
+            self.pool.check_capacity()
         flight_key = key + "|background" if background else key
         result, shared = await self._flight.run(
             flight_key, lambda: self._miss(key, spec, accepted, reserve)
@@ -226,6 +230,10 @@ class Renderer:
             self.l1.drop_source(source)
             metrics.L1_BYTES.set(self.l1.bytes_in_use)
         self.recent.drop(source)
+
+    def check_capacity(self) -> None:
+        """Raise Overloaded now if a request that is not in memory would be refused."""
+        self.pool.check_capacity()
 
     def expire_memory(self) -> int:
         """Drop recent downloads past their time; returns how many were dropped."""

@@ -237,6 +237,14 @@ class UrlParser:
         self._paths: LRUCache[bytes, ParsedUrl] = LRUCache(size)
         self._queries: LRUCache[bytes, ParsedUrl] = LRUCache(size)
 
+    def remembered_path(self, raw_path: bytes) -> ParsedUrl | None:
+        """The parse of ``raw_path`` if it is remembered, else None (no parsing)."""
+        return self._paths.get(raw_path)
+
+    def remembered_query(self, raw_query: bytes) -> ParsedUrl | None:
+        """The parse of ``raw_query`` if it is remembered, else None (no parsing)."""
+        return self._queries.get(raw_query)
+
     def path(self, raw_path: bytes) -> ParsedUrl:
         """:func:`parse_path`, remembered."""
         parsed = self._paths.get(raw_path)

@@ -245,3 +245,44 @@ def test_purge_drops_every_variant_of_a_source_everywhere(
             assert b.get(image_url(origin, v)).headers["x-cache"] == "l2", v
         for client_ in (a, b):
             assert client_.get(image_url(origin, "w:90", other)).headers["x-cache"] == "l1"
+
+
+def test_while_overloaded_memory_hits_are_served_and_new_urls_refused_before_redis(
+    redis_server: RedisProcess, origin: Origin
+) -> None:
+    settings = cache_settings(redis_server.url, transform_threads=1, max_queue=1)
+    client = redis_sync.Redis.from_url(redis_server.url)
+    cached = image_url(origin, "w:40")
+    slow = [
+        "/_/w:10/plain/" + origin.url(f"slow-headers?delay=1.5&n={i}").replace("?", "%3F")
+        for i in range(2)
+    ]
+    new = image_url(origin, "w:41")
+
+    def redis_reads() -> int:
+        stats = client.info("commandstats")
+        return sum(
+            int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_get", "cmdstat_getex")
+        )
+
+    async def scenario(
+        base: str,
+    ) -> tuple[list[httpx.Response], httpx.Response, httpx.Response, int]:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            assert (await http.get(cached)).status_code == 200
+            filling = [asyncio.create_task(http.get(url)) for url in slow]
+            await asyncio.sleep(0.7)  # both places are taken while their sources trickle in
+            reads = redis_reads()
+            hit = await http.get(cached)
+            refused = await http.get(new)
+            reads = redis_reads() - reads
+            return await asyncio.gather(*filling), hit, refused, reads
+
+    with LiveServer(settings) as server:
+        filled, hit, refused, reads = asyncio.run(scenario(server.url))
+    assert [r.status_code for r in filled] == [415, 415]  # b"slow" is not an image
+    assert hit.status_code == 200 and hit.headers["x-cache"] == "l1"
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert refused.elapsed.total_seconds() < 0.2
+    assert reads == 0  # neither the memory hit nor the refusal asked Redis
+    assert origin.count(PHOTO) == 1  # the new URL never reached the origin

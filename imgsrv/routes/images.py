@@ -99,10 +99,7 @@ async def image_response(
     scope: Scope, parser: UrlParser, renderer: Renderer, settings: Settings
 ) -> ImageResponse:
     """Parse the image URL of ``scope``, get the image, and build the response (200 or 304)."""
-    if scope["path"] == QUERY_FORM_PATH:
-        parsed = parser.query(scope["query_string"])
-    else:
-        parsed = parser.path(scope.get("raw_path") or scope["path"].encode())
+    parsed = _parse(scope, parser, renderer)
     accept = b""
     if_none_match = b""
     for name, value in scope["headers"]:
@@ -120,6 +117,20 @@ async def image_response(
     headers.append((b"content-type", entry.content_type.encode()))
     headers.append((b"content-length", b"%d" % len(entry.data)))
     return ImageResponse(200, headers, entry.data)
+
+
+def _parse(scope: Scope, parser: UrlParser, renderer: Renderer) -> ParsedUrl:
+    query_form = scope["path"] == QUERY_FORM_PATH
+    raw: bytes = (
+        scope["query_string"] if query_form else scope.get("raw_path") or scope["path"].encode()
+    )
+    parsed = parser.remembered_query(raw) if query_form else parser.remembered_path(raw)
+    if parsed is not None:
+        return parsed
+    # A URL parsed recently may be in memory; any other one needs the pool, so under overload
+    # it is refused before the cost of parsing it and resolving its source.
+    renderer.check_capacity()
+    return parser.query(raw) if query_form else parser.path(raw)
 
 
 def _image_headers(
