@@ -75,6 +75,7 @@ class Settings:
     max_queue_wait: float = 5.0  # 503 when a new transform would wait longer (seconds)
     retry_after: int = 1
     vips_concurrency: int = 1
+    transform_nice: int = 5  # transform threads this much nicer than the event loop
     malloc_arena_max: int = 2  # glibc malloc arenas per process; 0 = glibc's default
     trim_interval: float = 2.0  # seconds; return freed memory to the OS once the pool idles
 

@@ -41,5 +41,7 @@ proc_name = "imgsrv"
 control_socket_disable = True
 
 on_starting = serving.on_starting
+pre_fork = serving.pre_fork
+post_fork = serving.post_fork
 child_exit = serving.child_exit
 on_exit = serving.on_exit

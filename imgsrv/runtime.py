@@ -99,6 +99,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         settings.queue_limit,
         retry_after=settings.retry_after,
         max_wait=settings.max_queue_wait,
+        nice=settings.transform_nice,
     )
     fetcher = SourceFetcher(settings)
     redis = connect_redis(settings)

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, NoReturn, Protocol
 import uvicorn
 from uvicorn_worker import UvicornWorker
 
+from imgsrv.balance import LoadBoard, set_this_worker
 from imgsrv.config import ENV_PREFIX, Settings, available_cpus, load_settings
 from imgsrv.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_redis_server
 
@@ -235,16 +236,39 @@ class _Worker(Protocol):
 
 
 _embedded_redis: EmbeddedRedis | None = None
+_load_board: LoadBoard | None = None
+_load_slots: dict[int, int] = {}  # id() of a worker object -> its slot on the load board
+LOAD_SLOT_ATTRIBUTE = "imgsrv_load_slot"
 
 
 def on_starting(server: _Arbiter) -> None:
     """gunicorn master, before any worker forks: export what the workers must inherit."""
-    global _embedded_redis
+    global _embedded_redis, _load_board
     settings = load_settings()
     if not settings.signed:
         log.warning(UNSIGNED_WARNING)
     _embedded_redis = start_embedded_redis(settings, os.environ)
     export_to_workers(settings, server.cfg.workers, os.environ)
+    # Room for workers added later with TTIN, and for replacements starting before the old
+    # worker's exit is reaped.
+    _load_board = LoadBoard(max(64, 4 * server.cfg.workers))
+
+
+def pre_fork(server: _Arbiter, worker: _Worker) -> None:
+    """gunicorn master, before forking ``worker``: give it a slot on the load board."""
+    if _load_board is None:
+        return
+    slot = _load_board.free_slot(set(_load_slots.values()))
+    if slot is not None:
+        _load_slots[id(worker)] = slot
+        setattr(worker, LOAD_SLOT_ATTRIBUTE, slot)
+
+
+def post_fork(server: _Arbiter, worker: _Worker) -> None:
+    """In the new worker process: count its requests on the load board."""
+    slot = getattr(worker, LOAD_SLOT_ATTRIBUTE, None)
+    if _load_board is not None and slot is not None:
+        set_this_worker(_load_board.worker(slot, os.getpid()))
 
 
 def on_exit(server: _Arbiter) -> None:
@@ -292,7 +316,10 @@ def export_to_workers(settings: Settings, workers: int, environ: MutableMapping[
 
 
 def child_exit(server: _Arbiter, worker: _Worker) -> None:
-    """gunicorn master, after a worker exited: drop its live gauges from the merged metrics."""
+    """gunicorn master, after a worker exited: free its load slot, drop its live gauges."""
+    slot = _load_slots.pop(id(worker), None)
+    if _load_board is not None and slot is not None:
+        _load_board.clear(slot)
     if not os.environ.get(METRICS_DIR_ENV):
         return
     from prometheus_client import multiprocess

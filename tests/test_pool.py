@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 
@@ -18,6 +20,21 @@ async def test_runs_on_threads_off_the_event_loop() -> None:
     ident = await pool.run(threading.get_ident)
     assert ident != loop_thread
     pool.shutdown()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+async def test_transform_threads_run_nicer_than_the_event_loop() -> None:
+    def nice_of_this_thread() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    loop_nice = nice_of_this_thread()
+    pool = TransformPool(threads=2, max_queue=4, nice=5)
+    assert await pool.run(nice_of_this_thread) == min(19, loop_nice + 5)
+    assert nice_of_this_thread() == loop_nice  # the loop's own thread is untouched
+    plain = TransformPool(threads=1, max_queue=4)
+    assert await plain.run(nice_of_this_thread) == loop_nice
+    pool.shutdown()
+    plain.shutdown()
 
 
 async def test_refuses_instantly_past_threads_plus_queue_and_recovers() -> None:

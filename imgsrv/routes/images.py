@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from imgsrv.balance import WorkerLoad, this_worker
 from imgsrv.config import Settings
 from imgsrv.errors import ImgsrvError
 from imgsrv.negotiation import accepted_formats
@@ -46,6 +47,19 @@ class ImageEndpoint:
     """The ASGI endpoint of image URLs: problem+json for every error the request can cause."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        load = this_worker()
+        if load is None:
+            await self._answer(scope, receive, send)
+            return
+        load.started()
+        try:
+            await self._answer(scope, receive, send, load)
+        finally:
+            load.finished()
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, load: WorkerLoad | None = None
+    ) -> None:
         state: State = scope["app"].state
         settings: Settings = state.settings
         response: ImageResponse | Response
@@ -53,6 +67,11 @@ class ImageEndpoint:
             response = await image_response(scope, state.url_parser, state.renderer, settings)
         except ImgsrvError as exc:
             response = error_response(exc, scope["path"], settings.error_cache_control)
+        else:
+            if load is not None and load.should_close():
+                # This worker holds more than its share of the requests: let the client
+                # reconnect, most likely to a less busy worker (see imgsrv.balance).
+                response.headers.append((b"connection", b"close"))
         await response(scope, receive, send)
 
 
