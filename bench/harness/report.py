@@ -133,7 +133,18 @@ def _overload_targets(document: Mapping[str, Any], miss: Mapping[str, Any] | Non
                missing == 0 if shed else None),
         _ratio_target("overload: accepted p99 (c=256) / miss p99 (c=32)", over, miss, "p99_ms",
                       3.0, False),
-    ]
+    ] + _loadgen_floor(document)  # fmt: skip
+
+
+def _loadgen_floor(document: Mapping[str, Any]) -> list[Target]:
+    """The load generator's own latency at c=256: every timing of the scenario includes it."""
+    probe = _get(document, "overload", "loadgen")
+    if probe is None:
+        return []
+    return [
+        Target("overload: load generator p99 at c=256 against nginx (its own floor)",
+               f"{probe['p99_ms']:.1f} ms (p50 {probe['p50_ms']:.1f} ms)", "reference", None)
+    ]  # fmt: skip
 
 
 def _memory_targets(miss: Mapping[str, Any] | None) -> list[Target]:

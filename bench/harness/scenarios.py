@@ -219,6 +219,16 @@ def overload(bench: Bench) -> Scenario:
         template = bench.dialect("imgsrv").miss_template()
         job = bench.miss_job([template], OVERLOAD_USERS, seconds, shed_ok=True)
         runners = {"imgsrv": _locust_runner(bench, "imgsrv_overload", job, imgsrv)}
+        if bench.wants("loadgen"):
+            # The same users against nginx's ready bytes: the latency floor of the load
+            # generator itself at this concurrency, which every 503 timing includes.
+            origin = bench.origin
+            probe = bench.miss_job(
+                [bench.dialect("probe").miss_template()], OVERLOAD_USERS, seconds
+            )
+            runners["loadgen"] = lambda: bench.locust(
+                "loadgen_overload", probe, origin.url, [origin.process.pid]
+            )
         contenders = {k: merge(v) for k, v in bench.interleave(runners).items()}
     return _entry(OVERLOAD_USERS, bench.timing.rounds * seconds, contenders, bench)
 
