@@ -133,7 +133,8 @@ def _overload_targets(document: Mapping[str, Any], miss: Mapping[str, Any] | Non
                missing == 0 if shed else None),
         _ratio_target("overload: accepted p99 (c=256) / miss p99 (c=32)", over, miss, "p99_ms",
                       3.0, False),
-    ] + _loadgen_floor(document)  # fmt: skip
+        *_loadgen_floor(document),
+    ]  # fmt: skip
 
 
 def _loadgen_floor(document: Mapping[str, Any]) -> list[Target]:
