@@ -48,10 +48,12 @@ def lower_thread_priority(nice: int) -> None:
 class Admission:
     """One place in the pool, held from admission until its transform ends."""
 
-    __slots__ = ("_pool",)
+    __slots__ = ("_pool", "running")
 
     def __init__(self, pool: TransformPool) -> None:
         self._pool: TransformPool | None = pool
+        # Set once work was submitted with it: from then on the work's end releases it.
+        self.running = False
 
     def release(self, _: object = None) -> None:
         """Free the place (idempotent)."""
@@ -160,6 +162,7 @@ class TransformPool:
         It ends when the work really ends (or is cancelled before it starts), not when the
         awaiting request goes away: a thread stays counted while libvips still uses it.
         """
+        admission.running = True
         future = self._executor.submit(self._timed, fn, *args)
         future.add_done_callback(admission.release)
         return await asyncio.wrap_future(future)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 
 from imgsrv import metrics
@@ -124,39 +124,70 @@ class Renderer:
                 self._l1_hits.inc()
                 return RenderResult(entry, "l1", {"cache": _ms_since(started)})
             self._l1_misses.inc()
-        reserve = self.tuning.background_reserve if background else 0
-        if not background:
-            # Past its limit the server refuses new work at once, before any await: a refusal
-            # that first waited for Redis would queue behind the work it cannot keep up with.
-            self.pool.check_capacity()
         flight_key = key + "|background" if background else key
-        result, shared = await self._flight.run(
-            flight_key, lambda: self._miss(key, spec, accepted, reserve)
-        )
+        if background:
+            reserve = self.tuning.background_reserve
+            result, shared = await self._flight.run(
+                flight_key, lambda: self._miss(key, spec, accepted, reserve, None)
+            )
+        else:
+            # A request that may need the pool takes its place now, before any await: past
+            # the limit it is refused at once (a refusal that first waited for Redis would
+            # queue behind the work the server cannot keep up with), and places cannot be
+            # promised twice to requests that are still asking Redis.
+            admission = self.pool.admit()
+            leads = False
+
+            def lead() -> Awaitable[RenderResult]:
+                nonlocal leads
+                leads = True  # called at once by the flight when this request leads it
+                return self._miss_holding(admission, key, spec, accepted)
+
+            try:
+                result, shared = await self._flight.run(flight_key, lead)
+            finally:
+                if not leads:  # another request's render answered this one
+                    admission.release()
         if shared:
             metrics.COALESCED.labels("render").inc()
         return result
 
+    async def _miss_holding(
+        self, admission: Admission, key: str, spec: TransformSpec, accepted: frozenset[str]
+    ) -> RenderResult:
+        """:meth:`_miss` in the place ``admission`` holds; freed here unless work runs in it."""
+        try:
+            return await self._miss(key, spec, accepted, 0, admission)
+        finally:
+            if not admission.running:  # answered without a transform: an L2 hit, an error
+                admission.release()
+
     async def _miss(
-        self, key: str, spec: TransformSpec, accepted: frozenset[str], reserve: int
+        self,
+        key: str,
+        spec: TransformSpec,
+        accepted: frozenset[str],
+        reserve: int,
+        admission: Admission | None,
     ) -> RenderResult:
         use_l1 = reserve == 0
         if self.l2 is None:
-            return await self._render_and_store(key, spec, accepted, reserve)
+            return await self._render_and_store(key, spec, accepted, reserve, admission)
         started = time.perf_counter()
         entry = await self._l2_get(key, spec, use_l1)
         if entry is not None:
             return RenderResult(entry, "l2", {"cache": _ms_since(started)})
-        self.pool.check_capacity(reserve)  # shed before taking the lock others would wait on
+        if admission is None:
+            self.pool.check_capacity(reserve)  # shed before taking the lock others would wait on
         token = await self.l2.acquire_lock(key, spec.source, self.tuning.lock_ttl_ms)
         if token is None:
             entry = await self._wait_for_other_render(key, spec, use_l1)
             if entry is not None:
                 metrics.COALESCED.labels("lock").inc()
                 return RenderResult(entry, "l2", {"cache": _ms_since(started)})
-            return await self._render_and_store(key, spec, accepted, reserve)
+            return await self._render_and_store(key, spec, accepted, reserve, admission)
         try:
-            return await self._render_and_store(key, spec, accepted, reserve)
+            return await self._render_and_store(key, spec, accepted, reserve, admission)
         finally:
             await self.l2.release_lock(key, spec.source, token)
 
@@ -184,9 +215,14 @@ class Renderer:
         return None
 
     async def _render_and_store(
-        self, key: str, spec: TransformSpec, accepted: frozenset[str], reserve: int
+        self,
+        key: str,
+        spec: TransformSpec,
+        accepted: frozenset[str],
+        reserve: int,
+        admission: Admission | None,
     ) -> RenderResult:
-        admission, source, fetch_ms = await self._admit_and_fetch(spec.source, reserve)
+        admission, source, fetch_ms = await self._admit_and_fetch(spec.source, reserve, admission)
         started = time.perf_counter()
         try:
             image = await self.pool.run_admitted(
@@ -240,10 +276,12 @@ class Renderer:
         return self.recent.expire()
 
     async def _admit_and_fetch(
-        self, source: str, reserve: int
+        self, source: str, reserve: int, admission: Admission | None = None
     ) -> tuple[Admission, SourceBytes, float]:
-        """A pool place (or Overloaded at once), then the source; the place is kept for it."""
-        admission = self.pool.admit(reserve)
+        """A pool place (``admission``, else a new one or Overloaded at once), then the source;
+        the place is kept for it."""
+        if admission is None:
+            admission = self.pool.admit(reserve)
         try:
             fetched, fetch_ms = await self._fetch(source)
         except BaseException:

@@ -286,3 +286,40 @@ def test_while_overloaded_memory_hits_are_served_and_new_urls_refused_before_red
     assert refused.elapsed.total_seconds() < 0.2
     assert reads == 0  # neither the memory hit nor the refusal asked Redis
     assert origin.count(PHOTO) == 1  # the new URL never reached the origin
+
+
+def test_places_are_taken_before_asking_redis_and_always_given_back(
+    redis_server: RedisProcess, origin: Origin
+) -> None:
+    settings = cache_settings(redis_server.url, transform_threads=1, max_queue=1)  # 2 places
+    client = redis_sync.Redis.from_url(redis_server.url)
+    slow = [
+        "/_/w:10/plain/" + origin.url(f"slow-headers?delay=1&n={i}").replace("?", "%3F")
+        for i in range(6)
+    ]
+    cached = image_url(origin, "w:30")
+    missing = image_url(origin, "w:30", "files/nope.jpg")
+
+    def redis_reads() -> int:
+        stats = client.info("commandstats")
+        return int(stats.get("cmdstat_getex", {}).get("calls", 0))  # L2 lookups only
+
+    async def burst(base: str) -> tuple[list[httpx.Response], int]:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            reads = redis_reads()
+            responses = await asyncio.gather(*(http.get(url) for url in slow))
+            reads = redis_reads() - reads
+            # L2 hits, shared renders and failed sources give their places back too
+            assert (await http.get(cached)).status_code == 200
+            with_l2 = await asyncio.gather(*(http.get(cached + f"?v={i}") for i in range(3)))
+            assert {r.status_code for r in with_l2} == {200}
+            assert (await http.get(missing)).status_code == 404
+            return responses, reads
+
+    with LiveServer(settings) as server:
+        responses, reads = asyncio.run(burst(server.url))
+        pool = server.server.config.app.state.renderer.pool
+        assert pool.admitted == 0
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [415, 415, 503, 503, 503, 503]  # b"slow" is not an image
+    assert reads == 2  # the four refused requests never asked Redis
