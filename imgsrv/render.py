@@ -54,6 +54,21 @@ class RenderTuning:
     background_reserve: int = 8
 
 
+@dataclass(frozen=True, slots=True)
+class _Miss:
+    """One render past L1: its key, what to render, and its place in the pool.
+
+    A request holds ``admission`` from its arrival; background work (``reserve`` > 0) takes
+    its place only once it must transform, and leaves ``reserve`` places to requests.
+    """
+
+    key: str
+    spec: TransformSpec
+    accepted: frozenset[str]
+    reserve: int = 0
+    admission: Admission | None = None
+
+
 def strong_etag(data: bytes) -> str:
     return '"' + hashlib.blake2b(data, digest_size=16).hexdigest() + '"'
 
@@ -128,7 +143,7 @@ class Renderer:
         if background:
             reserve = self.tuning.background_reserve
             result, shared = await self._flight.run(
-                flight_key, lambda: self._miss(key, spec, accepted, reserve, None)
+                flight_key, lambda: self._miss(_Miss(key, spec, accepted, reserve))
             )
         else:
             # A request that may need the pool takes its place now, before any await: past
@@ -141,7 +156,7 @@ class Renderer:
             def lead() -> Awaitable[RenderResult]:
                 nonlocal leads
                 leads = True  # called at once by the flight when this request leads it
-                return self._miss_holding(admission, key, spec, accepted)
+                return self._miss_holding(_Miss(key, spec, accepted, 0, admission))
 
             try:
                 result, shared = await self._flight.run(flight_key, lead)
@@ -152,42 +167,35 @@ class Renderer:
             metrics.COALESCED.labels("render").inc()
         return result
 
-    async def _miss_holding(
-        self, admission: Admission, key: str, spec: TransformSpec, accepted: frozenset[str]
-    ) -> RenderResult:
-        """:meth:`_miss` in the place ``admission`` holds; freed here unless work runs in it."""
+    async def _miss_holding(self, miss: _Miss) -> RenderResult:
+        """:meth:`_miss` in the place the request holds; freed here unless work runs in it."""
+        assert miss.admission is not None
         try:
-            return await self._miss(key, spec, accepted, 0, admission)
+            return await self._miss(miss)
         finally:
-            if not admission.running:  # answered without a transform: an L2 hit, an error
-                admission.release()
+            if not miss.admission.running:  # answered without a transform: L2 hit, error
+                miss.admission.release()
 
-    async def _miss(
-        self,
-        key: str,
-        spec: TransformSpec,
-        accepted: frozenset[str],
-        reserve: int,
-        admission: Admission | None,
-    ) -> RenderResult:
-        use_l1 = reserve == 0
+    async def _miss(self, miss: _Miss) -> RenderResult:
+        key, spec = miss.key, miss.spec
+        use_l1 = miss.reserve == 0
         if self.l2 is None:
-            return await self._render_and_store(key, spec, accepted, reserve, admission)
+            return await self._render_and_store(miss)
         started = time.perf_counter()
         entry = await self._l2_get(key, spec, use_l1)
         if entry is not None:
             return RenderResult(entry, "l2", {"cache": _ms_since(started)})
-        if admission is None:
-            self.pool.check_capacity(reserve)  # shed before taking the lock others would wait on
+        if miss.admission is None:  # shed before taking the lock others would wait on
+            self.pool.check_capacity(miss.reserve)
         token = await self.l2.acquire_lock(key, spec.source, self.tuning.lock_ttl_ms)
         if token is None:
             entry = await self._wait_for_other_render(key, spec, use_l1)
             if entry is not None:
                 metrics.COALESCED.labels("lock").inc()
                 return RenderResult(entry, "l2", {"cache": _ms_since(started)})
-            return await self._render_and_store(key, spec, accepted, reserve, admission)
+            return await self._render_and_store(miss)
         try:
-            return await self._render_and_store(key, spec, accepted, reserve, admission)
+            return await self._render_and_store(miss)
         finally:
             await self.l2.release_lock(key, spec.source, token)
 
@@ -214,15 +222,11 @@ class Renderer:
                 return None
         return None
 
-    async def _render_and_store(
-        self,
-        key: str,
-        spec: TransformSpec,
-        accepted: frozenset[str],
-        reserve: int,
-        admission: Admission | None,
-    ) -> RenderResult:
-        admission, source, fetch_ms = await self._admit_and_fetch(spec.source, reserve, admission)
+    async def _render_and_store(self, miss: _Miss) -> RenderResult:
+        key, spec, accepted = miss.key, miss.spec, miss.accepted
+        admission, source, fetch_ms = await self._admit_and_fetch(
+            spec.source, miss.reserve, miss.admission
+        )
         started = time.perf_counter()
         try:
             image = await self.pool.run_admitted(
@@ -234,7 +238,7 @@ class Renderer:
         transform_s = time.perf_counter() - started
         metrics.TRANSFORM_SECONDS.labels(image.format).observe(transform_s)
         entry = to_entry(image)
-        if self.l1 is not None and reserve == 0:
+        if self.l1 is not None and miss.reserve == 0:
             self._l1_put(key, entry, spec.source)
         if self.l2 is not None and await self.l2.put(key, entry, spec.ttl, spec.source):
             metrics.CACHE_EVENTS.labels("l2", "store").inc()
