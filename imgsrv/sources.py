@@ -41,6 +41,7 @@ import mimetypes
 import re
 import socket
 import ssl
+import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -86,6 +87,7 @@ POOL_KEEPALIVE_EXPIRY = 30.0
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _HOSTNAME_RE = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
 _IPV4_PART_RE = re.compile(r"^(0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*)$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 # Cloud metadata endpoints. Most sit in ranges refused anyway (link-local, CGNAT, ULA); they are
 # listed so the intent is explicit, and a few (Azure's wire server) are otherwise public.
@@ -234,7 +236,7 @@ def resolve_source(raw: str, settings: Settings) -> str:
         raise InvalidSource("empty source")
     if len(raw) > MAX_SOURCE_LENGTH:
         raise InvalidSource(f"source is longer than {MAX_SOURCE_LENGTH} characters")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in raw):
+    if _CONTROL_RE.search(raw):
         raise InvalidSource("source contains control characters")
     try:
         raw.encode("utf-8")
@@ -275,8 +277,29 @@ def _has_dot_dot(path: str) -> bool:
     return ".." in decoded.split("/")
 
 
+# The same URL is checked when a request is parsed, again before it is downloaded, and on every
+# later request for it. Refusals raise, so only accepted URLs are kept; long ones are not, to
+# bound the memory the cache can hold. httpx.URL is immutable, so sharing one is safe.
+_CACHED_URL_LENGTH = 1024
+
+
 def _check_http_url(raw: str, settings: Settings) -> httpx.URL:
     """Parse and check an http(s) URL; the result's string form is canonical."""
+    if len(raw) > _CACHED_URL_LENGTH:
+        return _parse_http_url(raw, settings.allowed_source_hosts, settings.allow_source_networks)
+    return _cached_http_url(raw, settings.allowed_source_hosts, settings.allow_source_networks)
+
+
+@lru_cache(maxsize=2048)
+def _cached_http_url(
+    raw: str, allowed_hosts: tuple[str, ...], allowed_networks: tuple[str, ...]
+) -> httpx.URL:
+    return _parse_http_url(raw, allowed_hosts, allowed_networks)
+
+
+def _parse_http_url(
+    raw: str, allowed_hosts: tuple[str, ...], allowed_networks: tuple[str, ...]
+) -> httpx.URL:
     scheme_end = raw.index(":") + 1
     if raw[scheme_end : scheme_end + 2] != "//":
         raise InvalidSource("http(s) source URL must have the form scheme://host/path")
@@ -300,11 +323,17 @@ def _check_http_url(raw: str, settings: Settings) -> httpx.URL:
     address = _parse_ip_literal(host)
     if address is None and (len(host) > 253 or not _HOSTNAME_RE.match(host)):
         raise InvalidSource(f"source URL host {_short(host)!r} is not a valid host name")
-    if not _host_allowed(host, settings.allowed_source_hosts):
+    if not _host_allowed(host, allowed_hosts):
         raise ForbiddenSource(f"source host {host!r} is not in the allowed source hosts")
-    if address is not None and not address_allowed(address, settings.allowed_networks):
+    if address is not None and not address_allowed(address, _networks(allowed_networks)):
         raise ForbiddenSource(f"source host {host!r} is a non-public address")
     return url.copy_with(fragment=None)
+
+
+@lru_cache(maxsize=16)
+def _networks(allowed_networks: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    """``Settings.allowed_networks`` without parsing the networks again on every call."""
+    return tuple(ipaddress.ip_network(n, strict=False) for n in allowed_networks)
 
 
 def _host_allowed(host: str, allowed_hosts: tuple[str, ...]) -> bool:
@@ -468,6 +497,13 @@ _HTTPCORE_TO_HTTPX: dict[type[Exception], type[httpx.TransportError]] = {
     httpcore.UnsupportedProtocol: httpx.UnsupportedProtocol,
     httpcore.ProxyError: httpx.ProxyError,
 }
+# What a download can fail with below the HTTP layer: httpx's errors, and httpcore's own while a
+# body is read without the httpx wrapper (see ``GuardedTransport(httpx_body_errors=False)``).
+_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
+    httpx.TransportError,
+    ssl.SSLError,
+    *_HTTPCORE_TO_HTTPX,
+)
 
 
 @contextlib.contextmanager
@@ -484,6 +520,8 @@ def _httpx_errors(request: httpx.Request) -> Iterator[None]:
 
 
 class _ResponseStream(httpx.AsyncByteStream):
+    """An httpcore response body as an httpx stream; errors while reading it become httpx's."""
+
     def __init__(self, stream: AsyncIterable[bytes], request: httpx.Request) -> None:
         self._stream = stream
         self._request = request
@@ -500,11 +538,28 @@ class _ResponseStream(httpx.AsyncByteStream):
                 await close()
 
 
+class _CoreResponseStream(httpx.AsyncByteStream):
+    """An httpcore response body as an httpx stream, each chunk handed on without a wrapper."""
+
+    def __init__(self, stream: AsyncIterable[bytes]) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._stream.__aiter__()
+
+    async def aclose(self) -> None:
+        close = getattr(self._stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
 class GuardedTransport(httpx.AsyncBaseTransport):
     """An httpx transport whose TCP connections all go through :class:`GuardedNetworkBackend`.
 
     HTTP/1.1 with keep-alive, TLS verified against the system-independent certifi bundle, never
-    a proxy.
+    a proxy. Errors are httpx exceptions, except with ``httpx_body_errors=False``: then errors
+    while a response body is read are httpcore's, which spares every chunk a wrapper when the
+    caller maps both kinds anyway (as :class:`SourceFetcher` does).
     """
 
     def __init__(
@@ -516,7 +571,9 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         max_connections: int = POOL_MAX_CONNECTIONS,
         max_keepalive_connections: int = POOL_MAX_KEEPALIVE,
         keepalive_expiry: float = POOL_KEEPALIVE_EXPIRY,
+        httpx_body_errors: bool = True,
     ) -> None:
+        self._httpx_body_errors = httpx_body_errors
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
             max_connections=max_connections,
@@ -546,10 +603,15 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             core_response = await self._pool.handle_async_request(core_request)
         if not isinstance(core_response.stream, AsyncIterable):
             raise TypeError("httpcore returned a sync response stream")
+        stream: httpx.AsyncByteStream
+        if self._httpx_body_errors:
+            stream = _ResponseStream(core_response.stream, request)
+        else:
+            stream = _CoreResponseStream(core_response.stream)
         return httpx.Response(
             status_code=core_response.status,
             headers=core_response.headers,
-            stream=_ResponseStream(core_response.stream, request),
+            stream=stream,
             extensions=core_response.extensions,
         )
 
@@ -573,7 +635,11 @@ class SourceFetcher:
         to observe connections); the SSRF guard applies either way."""
         self._settings = settings
         self._client = httpx.AsyncClient(
-            transport=GuardedTransport(settings.allowed_networks, network_backend=network_backend),
+            transport=GuardedTransport(
+                settings.allowed_networks,
+                network_backend=network_backend,
+                httpx_body_errors=False,  # _download maps httpcore's errors as well
+            ),
             timeout=httpx.Timeout(
                 settings.read_timeout,
                 connect=settings.connect_timeout,
@@ -630,12 +696,10 @@ class SourceFetcher:
                         url = self._redirect_target(url, response.headers["location"])
                         continue
                     _check_status(response.status_code, url)
-                    data = await self._read_body(response)
+                    data = await self._read_body(response, url)
                     return SourceBytes(data, str(url), response.headers.get("content-type"))
-            except httpx.TimeoutException:
-                raise SourceTimeout(f"source host {_netloc(url)} did not answer in time") from None
-            except (httpx.TransportError, ssl.SSLError) as exc:
-                raise SourceError(_transport_message(exc, url)) from None
+            except _TRANSPORT_ERRORS as exc:
+                raise _transport_failure(exc, url) from None
 
     def _redirect_target(self, url: httpx.URL, location: str) -> httpx.URL:
         try:
@@ -651,16 +715,19 @@ class SourceFetcher:
         except InvalidSource:
             raise SourceError(f"source host {_netloc(url)} redirected to an invalid URL") from None
 
-    async def _read_body(self, response: httpx.Response) -> bytes:
+    async def _read_body(self, response: httpx.Response, url: httpx.URL) -> bytes:
         limit = self._settings.max_source_bytes
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise SourceTooLarge(
                 f"source is {int(declared)} bytes, more than the limit of {limit} bytes"
             )
+        inflater = _inflater(response.headers, url)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():
+            if inflater is not None:
+                chunk = inflater.decode(chunk, limit - size)
             size += len(chunk)
             if size > limit:
                 # Leaving the stream context closes the connection: the rest is never read.
@@ -715,6 +782,13 @@ def _netloc(url: httpx.URL) -> str:
     return url.netloc.decode("ascii", "replace")
 
 
+def _transport_failure(exc: Exception, url: httpx.URL) -> SourceError | SourceTimeout:
+    """What a download that failed below the HTTP layer (httpx or httpcore errors) raises."""
+    if isinstance(exc, (httpx.TimeoutException, httpcore.TimeoutException)):
+        return SourceTimeout(f"source host {_netloc(url)} did not answer in time")
+    return SourceError(_transport_message(exc, url))
+
+
 def _transport_message(exc: BaseException, url: httpx.URL) -> str:
     host = _netloc(url)
     cause: BaseException | None = exc
@@ -724,8 +798,61 @@ def _transport_message(exc: BaseException, url: httpx.URL) -> str:
         if isinstance(cause, ssl.SSLError):
             return f"TLS handshake with source host {host} failed"
         cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, (httpx.ConnectError, httpcore.ConnectError)):
         return f"could not connect to source host {host}"
-    if isinstance(exc, httpx.ProtocolError):
+    if isinstance(exc, (httpx.ProtocolError, httpcore.ProtocolError)):
         return f"source host {host} sent an invalid HTTP response"
     return f"connection to source host {host} failed"
+
+
+# --------------------------------------------------------------------------- content codings
+
+# Codings httpx would decode. Sources are asked for identity; an origin that compresses anyway
+# gets gzip and deflate decoded with a bound on the output, and the others refused, since a
+# small compressed body can expand to far more than the byte limit.
+_INFLATE_WBITS = {"gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+_COMPRESSIONS = frozenset({*_INFLATE_WBITS, "br", "zstd"})
+
+
+def _inflater(headers: httpx.Headers, url: httpx.URL) -> _Inflater | None:
+    """A decoder for the body's Content-Encoding, or None when it needs none."""
+    if "content-encoding" not in headers:
+        return None
+    codings = [c.strip().lower() for c in headers.get_list("content-encoding", split_commas=True)]
+    # Other values (identity, or tokens nobody knows) leave the body as it is, as in httpx.
+    compressions = [c for c in codings if c in _COMPRESSIONS]
+    if not compressions:
+        return None
+    if len(compressions) == 1 and compressions[0] in _INFLATE_WBITS:
+        return _Inflater(compressions[0], url)
+    raise SourceError(
+        f"source host {_netloc(url)} sent Content-Encoding {', '.join(compressions)!r}, "
+        "which is not supported"
+    )
+
+
+class _Inflater:
+    """Decodes a gzip or deflate body a chunk at a time, never past a given size."""
+
+    def __init__(self, coding: str, url: httpx.URL) -> None:
+        self._coding = coding
+        self._url = url
+        self._zlib = zlib.decompressobj(_INFLATE_WBITS[coding])
+        self._first = True
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        """``data`` decoded, cut off after ``room + 1`` bytes: longer than ``room`` is too large.
+
+        Output shorter than that means all of ``data`` was consumed, so nothing is left over.
+        """
+        first, self._first = self._first, False
+        try:
+            return self._zlib.decompress(data, room + 1)
+        except zlib.error:
+            if first and self._coding == "deflate":
+                # Deflate without its zlib header: servers send it, and httpx accepts it too.
+                self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+                return self.decode(data, room)
+            raise SourceError(
+                f"source host {_netloc(self._url)} sent a body that is not valid {self._coding}"
+            ) from None

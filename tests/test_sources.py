@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 import socket
 import time
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 import httpcore
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
@@ -26,12 +30,18 @@ from imgsrv.errors import (
 )
 from imgsrv.sources import (
     GuardedNetworkBackend,
+    GuardedTransport,
     SourceBytes,
     SourceFetcher,
     address_allowed,
     resolve_source,
 )
-from tests.origin import IMAGES_DIR, Origin, origin_fixture  # noqa: F401  (fixture)
+from tests.origin import (  # noqa: F401  (fixture)
+    IMAGES_DIR,
+    Origin,
+    OriginRequestHandler,
+    origin_fixture,
+)
 
 TINY_JPEG = "jpeg/baseline-tiny-nometa.jpg"
 LOOPBACK = ("127.0.0.0/8", "::1/128")
@@ -234,6 +244,113 @@ async def test_trickling_body_hits_the_total_deadline(origin: Origin, make: Any)
     assert 0.5 < time.monotonic() - started < 1.5
 
 
+async def test_stalled_body_hits_the_read_timeout(origin: Origin, make: Any) -> None:
+    h = make(read_timeout=0.3, download_timeout=5.0)
+    started = time.monotonic()
+    with pytest.raises(SourceTimeout):
+        await h.fetch(origin.url("trickle?chunks=3&interval=2"))
+    assert 0.25 < time.monotonic() - started < 1.5
+
+
+def _send_truncated(handler: OriginRequestHandler) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Length", "1000")
+    handler.end_headers()
+    handler.wfile.write(b"x" * 10)
+    handler.close_connection = True
+
+
+async def test_truncated_body_is_a_source_error(origin: Origin, make: Any) -> None:
+    origin.handler("/truncated", _send_truncated)
+    with pytest.raises(SourceError, match="invalid HTTP response"):
+        await make().fetch(origin.url("truncated"))
+
+
+async def test_guarded_transport_raises_httpx_errors_while_reading(origin: Origin) -> None:
+    # Other users of the transport (job callbacks) rely on httpx exceptions throughout.
+    origin.handler("/truncated", _send_truncated)
+    transport = GuardedTransport([ipaddress.ip_network("127.0.0.0/8")])
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(origin.url("truncated"))
+
+
+# --------------------------------------------------------------------------- content codings
+
+
+def _zeros_deflate(mebibytes: int) -> bytes:
+    """A zlib stream of ``mebibytes`` MiB of zeros, about 1 KiB per MiB (without its trailer)."""
+    compressor = zlib.compressobj(9)
+    first = compressor.compress(bytes(1 << 20)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    # A full flush starts the compressor afresh: every further MiB compresses to the same bytes.
+    again = compressor.compress(bytes(1 << 20)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    return first + again * (mebibytes - 1)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "raw deflate"])
+async def test_compressed_body_is_decoded(origin: Origin, make: Any, coding: str) -> None:
+    data = (IMAGES_DIR / TINY_JPEG).read_bytes()
+    if coding == "gzip":
+        body = gzip.compress(data)
+    elif coding == "deflate":
+        body = zlib.compress(data)
+    else:
+        compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        body = compressor.compress(data) + compressor.flush()
+    encoding = coding.removeprefix("raw ")
+    origin.route("/coded", body=body, headers={"Content-Encoding": encoding})
+    assert (await make().fetch(origin.url("coded"))).data == data
+
+
+async def test_decompression_bomb_is_cut_off_at_the_limit(origin: Origin, make: Any) -> None:
+    body = _zeros_deflate(512)  # 512 MiB of zeros in about 520 KiB, less than the limit
+
+    def send_bomb(handler: OriginRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Encoding", "deflate")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.flush()
+        # The body lands in the socket buffer at once, so the client reads it in full chunks.
+        time.sleep(0.2)
+        handler.wfile.write(body)
+
+    origin.handler("/bomb", send_bomb)
+    h = make(max_source_bytes=1 << 20, download_timeout=10.0)
+    tracemalloc.start()
+    try:
+        with pytest.raises(SourceTooLarge):
+            await h.fetch(origin.url("bomb"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Decoded output never runs far past the limit, however much one chunk would expand to.
+    assert peak < 16 << 20
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip, gzip"])
+async def test_unsupported_content_encoding_is_refused(
+    origin: Origin, make: Any, encoding: str
+) -> None:
+    origin.route("/coded", body=b"whatever", headers={"Content-Encoding": encoding})
+    with pytest.raises(SourceError, match="Content-Encoding"):
+        await make().fetch(origin.url("coded"))
+
+
+@pytest.mark.parametrize("encoding", ["identity", "x-unknown"])
+async def test_other_content_encodings_leave_the_body_as_is(
+    origin: Origin, make: Any, encoding: str
+) -> None:
+    origin.route("/coded", body=b"as is", headers={"Content-Encoding": encoding})
+    assert (await make().fetch(origin.url("coded"))).data == b"as is"
+
+
+async def test_invalid_compressed_body_is_a_source_error(origin: Origin, make: Any) -> None:
+    origin.route("/coded", body=b"not gzip at all", headers={"Content-Encoding": "gzip"})
+    with pytest.raises(SourceError, match="not valid gzip"):
+        await make().fetch(origin.url("coded"))
+
+
 # --------------------------------------------------------------------------- redirects
 
 
@@ -346,6 +463,18 @@ async def test_backend_refuses_before_connecting(host: str) -> None:
 def test_resolve_source_refuses_literal_internal_addresses(host: str) -> None:
     with pytest.raises(ForbiddenSource):
         resolve_source(f"http://{host}/x.jpg", make_settings(allow_source_networks=()))
+
+
+def test_url_checks_follow_the_settings() -> None:
+    # Checked URLs are remembered; what is allowed must still depend on the settings in use.
+    url = "http://127.0.0.1/x.jpg"
+    assert resolve_source(url, make_settings(allow_source_networks=("127.0.0.0/8",))) == url
+    with pytest.raises(ForbiddenSource):
+        resolve_source(url, make_settings(allow_source_networks=()))
+    named = "http://images.example.com/x.jpg"
+    assert resolve_source(named, make_settings()) == named
+    with pytest.raises(ForbiddenSource):
+        resolve_source(named, make_settings(allowed_source_hosts=("other.example.com",)))
 
 
 def test_octal_dotted_quad_is_invalid() -> None:
