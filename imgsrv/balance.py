@@ -26,8 +26,9 @@ _SLOT = struct.Struct("=qq")  # pid (0 = free), requests in flight
 _COUNT = struct.Struct("=q")
 _COUNT_OFFSET = 8
 
-# A worker closes a connection only when it holds this many requests more than the mean...
-EXCESS = 2
+# A worker closes a connection only when it holds at least this many requests more than the
+# mean (1: the counts settle within one of each other)...
+EXCESS = 1
 # ...and at most once in this many seconds.
 CLOSE_INTERVAL = 0.25
 

@@ -82,7 +82,7 @@ class Settings:
     # --- cache
     l1_max_bytes: int = 0  # 0 = half the container memory / worker processes
     l1_ttl: float = 300.0  # seconds, capped at 300
-    source_cache_bytes: int = 64 * 1024 * 1024
+    source_cache_bytes: int = 16 * 1024 * 1024
     source_cache_ttl: float = 30.0
     render_lock_ttl: float = 30.0
     render_lock_wait: float = 10.0
