@@ -72,7 +72,7 @@ class Settings:
     # --- concurrency
     transform_threads: int = 0  # 0 = number of CPUs
     max_queue: int = 0  # transforms waiting for a thread before 503; 0 = 64 per thread
-    max_queue_wait: float = 5.0  # 503 when a new transform would wait longer (seconds)
+    max_queue_wait: float = 2.0  # 503 when a new transform would wait longer (seconds)
     retry_after: int = 1
     vips_concurrency: int = 1
     transform_nice: int = 5  # transform threads this much nicer than the event loop
