@@ -27,6 +27,9 @@ T = TypeVar("T")
 # Weight of the newest transform time in the running mean: recent enough to follow a change of
 # workload within a few dozen transforms, smooth enough to ignore one odd image.
 EWMA_WEIGHT = 0.1
+# Transforms timed before the expected wait is trusted for shedding: the first ones after a
+# start are slow (libvips and the allocator warming up) and would shed an ordinary queue.
+WARMUP_TRANSFORMS = 10
 
 
 def lower_thread_priority(nice: int) -> None:
@@ -72,6 +75,7 @@ class TransformPool:
         retry_after: int = 1,
         max_wait: float = 0.0,
         nice: int = 0,
+        warmup: int = WARMUP_TRANSFORMS,
     ) -> None:
         self.threads = threads
         self.max_queue = max_queue
@@ -84,6 +88,8 @@ class TransformPool:
         self._admitted = 0  # running + waiting
         self.completed = 0
         self._mean_seconds = 0.0  # running mean of one transform, 0 until the first one
+        self._samples = 0  # transforms that fed the mean
+        self._warmup = warmup
 
     @property
     def admitted(self) -> int:
@@ -115,7 +121,11 @@ class TransformPool:
 
     def _check(self, reserve: int) -> None:
         full = self._admitted >= self.threads + self.max_queue - reserve
-        late = self.max_wait > 0 and self.expected_wait(1 + reserve) > self.max_wait
+        late = (
+            self.max_wait > 0
+            and self._samples >= self._warmup
+            and self.expected_wait(1 + reserve) > self.max_wait
+        )
         if full or late:
             wait = max(self.expected_wait(), float(self.retry_after))
             raise Overloaded(
@@ -147,6 +157,7 @@ class TransformPool:
         finally:
             elapsed = time.perf_counter() - started
             with self._lock:
+                self._samples += 1
                 if self._mean_seconds:
                     self._mean_seconds += EWMA_WEIGHT * (elapsed - self._mean_seconds)
                 else:

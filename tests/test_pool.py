@@ -102,7 +102,7 @@ async def test_reserve_keeps_places_for_other_callers() -> None:
 
 
 async def test_sheds_when_the_expected_wait_passes_max_wait() -> None:
-    pool = TransformPool(threads=1, max_queue=100, retry_after=1, max_wait=0.25)
+    pool = TransformPool(threads=1, max_queue=100, retry_after=1, max_wait=0.25, warmup=1)
     await pool.run(time.sleep, 0.1)  # teaches the pool that a transform takes ~0.1 s
     assert 0.09 < pool.mean_seconds < 0.2
     gate = threading.Event()
@@ -117,6 +117,27 @@ async def test_sheds_when_the_expected_wait_passes_max_wait() -> None:
     assert info.value.retry_after >= 1
     gate.set()
     await asyncio.gather(*tasks)
+    pool.shutdown()
+
+
+async def test_slow_first_transforms_do_not_shed_an_ordinary_queue() -> None:
+    pool = TransformPool(threads=1, max_queue=100, max_wait=0.05, warmup=3)
+    await pool.run(time.sleep, 0.1)  # a cold start: the mean says 0.1 s
+    gate = threading.Event()
+    tasks = [asyncio.create_task(pool.run(gate.wait, 5)) for _ in range(3)]
+    await asyncio.sleep(0.02)
+    assert pool.expected_wait() > 0.05
+    pool.check_capacity()  # one sample: not trusted yet, only max_queue applies
+    gate.set()
+    await asyncio.gather(*tasks)  # three more samples: trusted from now on
+    later = threading.Event()
+    running = asyncio.create_task(pool.run(later.wait, 5))
+    await asyncio.sleep(0.02)
+    assert pool.expected_wait() > 0.05  # the next one would wait for the running one
+    with pytest.raises(Overloaded):
+        pool.check_capacity()
+    later.set()
+    await running
     pool.shutdown()
 
 
