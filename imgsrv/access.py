@@ -48,7 +48,7 @@ class _RequestMetrics:
                 metrics.REQUEST_SECONDS.labels(route),
             )
             self._children[(route, status)] = children
-        children[0].inc()
+        metrics.BATCHED.add(children[0])
         children[1].observe(seconds)
 
 

@@ -136,9 +136,9 @@ class Renderer:
             started = time.perf_counter()
             entry = self.l1.get(key)
             if entry is not None:
-                self._l1_hits.inc()
+                metrics.BATCHED.add(self._l1_hits)
                 return RenderResult(entry, "l1", {"cache": _ms_since(started)})
-            self._l1_misses.inc()
+            metrics.BATCHED.add(self._l1_misses)
         flight_key = key + "|background" if background else key
         if background:
             reserve = self.tuning.background_reserve

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 
 from redis.asyncio import Redis
 
+from imgsrv import metrics
 from imgsrv.cache.breaker import CircuitBreaker
 from imgsrv.cache.l1 import L1Cache
 from imgsrv.cache.l2 import L2Cache
@@ -65,11 +66,12 @@ def build_l2(settings: Settings, redis: Redis) -> L2Cache:
     )
 
 
-async def flush_logs_periodically(interval: float = 0.5) -> None:
-    """Write batched log lines out even when no new line arrives to trigger it."""
+async def flush_periodically(interval: float = 0.5) -> None:
+    """Write batched log lines and counter increments out, even when no new ones arrive."""
     while True:
         await asyncio.sleep(interval)
         flush_logs()
+        metrics.BATCHED.flush()
 
 
 async def trim_when_idle(
@@ -117,7 +119,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         ),
     )
     runtime = Runtime(settings, pool, fetcher, redis, renderer)
-    runtime.background.append(asyncio.create_task(flush_logs_periodically()))
+    runtime.background.append(asyncio.create_task(flush_periodically()))
     if settings.trim_interval > 0:
         runtime.background.append(
             asyncio.create_task(
@@ -135,6 +137,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             task.cancel()
         await asyncio.gather(*runtime.background, return_exceptions=True)
         flush_logs()
+        metrics.BATCHED.flush()
         if redis is not None:
             await redis.aclose()
         await fetcher.aclose()

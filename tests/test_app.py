@@ -293,3 +293,23 @@ def test_sheds_at_once_while_admitted_requests_are_still_downloading(
     admitted = [r for r in responses if r.status_code != 503]
     assert [r.status_code for r in admitted] == [415, 415]
     assert all(r.elapsed.total_seconds() >= 0.9 for r in admitted)
+
+
+def test_counters_are_batched_and_written_before_a_scrape() -> None:
+    from prometheus_client import CollectorRegistry, Counter
+
+    from imgsrv.metrics import BatchedCounts
+
+    registry = CollectorRegistry()
+    counter = Counter("batched_test_total", "test", ["kind"], registry=registry)
+    batch = BatchedCounts()
+    hits = counter.labels("hit")
+    for _ in range(3):
+        batch.add(hits)
+    batch.add(counter.labels("miss"))
+    assert registry.get_sample_value("batched_test_total", {"kind": "hit"}) == 0
+    batch.flush()
+    assert registry.get_sample_value("batched_test_total", {"kind": "hit"}) == 3
+    assert registry.get_sample_value("batched_test_total", {"kind": "miss"}) == 1
+    batch.flush()  # nothing pending: nothing added twice
+    assert registry.get_sample_value("batched_test_total", {"kind": "hit"}) == 3
