@@ -1,10 +1,11 @@
 """Image and info endpoints for the path form and the ``/img`` query form.
 
-Image URLs are answered by :class:`ImageRequests`, a pure-ASGI endpoint that sits in front of
-the starlette router. An image request is the server's hot path, and a memory-cache hit should
-cost little more than writing its bytes; through the router it would first be matched against
-every other route, then wrapped in Request and Response objects. The few non-image paths
-(operations, the job API, ``/info``) go on to the router.
+Image URLs are answered by :class:`ImageEndpoint`, a pure-ASGI endpoint that
+:class:`ImageRequests` puts in front of the starlette router. An image request is the server's
+hot path, and a memory-cache hit should cost little more than writing its bytes; through the
+router it would first be matched against every other route, then wrapped in Request and
+Response objects. The few non-image paths (operations, the job API, ``/info``) go on to the
+router.
 """
 
 from __future__ import annotations
