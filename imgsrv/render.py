@@ -140,8 +140,10 @@ class Renderer:
                 return RenderResult(entry, "l1", {"cache": _ms_since(started)})
             metrics.BATCHED.add(self._l1_misses)
         flight_key = key + "|background" if background else key
-        if background:
-            reserve = self.tuning.background_reserve
+        if background or flight_key in self._flight:
+            # Background work takes its place only once it must transform; a request that
+            # joins a render under way needs no place of its own.
+            reserve = self.tuning.background_reserve if background else 0
             result, shared = await self._flight.run(
                 flight_key, lambda: self._miss(_Miss(key, spec, accepted, reserve))
             )

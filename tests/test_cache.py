@@ -323,3 +323,15 @@ def test_places_are_taken_before_asking_redis_and_always_given_back(
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [415, 415, 503, 503, 503, 503]  # b"slow" is not an image
     assert reads == 2  # the four refused requests never asked Redis
+
+
+def test_requests_joining_a_render_under_way_need_no_place_of_their_own(
+    redis_server: RedisProcess, origin: Origin
+) -> None:
+    settings = cache_settings(redis_server.url, transform_threads=1, max_queue=1)  # 2 places
+    url = image_url(origin, "w:300/bl:3")
+    with LiveServer(settings) as server:
+        responses = asyncio.run(_burst(server.url, [url] * 20))
+        assert server.server.config.app.state.renderer.pool.admitted == 0
+    assert [r.status_code for r in responses] == [200] * 20
+    assert origin.count(PHOTO) == 1

@@ -23,6 +23,10 @@ class SingleFlight(Generic[K, T]):
     def __len__(self) -> int:
         return len(self._inflight)
 
+    def __contains__(self, key: K) -> bool:
+        """Whether a call for ``key`` is under way (a new caller would share it)."""
+        return key in self._inflight
+
     async def run(self, key: K, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Result of ``fn()`` and whether it was shared with an earlier caller."""
         task = self._inflight.get(key)
