@@ -43,20 +43,34 @@ class BadRequest(ImgsrvError):
     slug = "bad-request"
 
 
-class InvalidOption(BadRequest):
+class NamedBadRequest(BadRequest):
+    """A bad request whose problem body names the input at fault, under ``culprit_key``."""
+
+    culprit_key = "input"
+
+    def __init__(self, culprit: str, detail: str) -> None:
+        super().__init__(detail)
+        self.culprit = culprit
+
+    def problem(self) -> dict[str, object]:
+        body = super().problem()
+        body[self.culprit_key] = self.culprit
+        return body
+
+
+class InvalidOption(NamedBadRequest):
     """A URL option that is unknown or whose arguments are malformed."""
 
     title = "Invalid option"
     slug = "invalid-option"
+    culprit_key = "option"
 
     def __init__(self, option: str, reason: str) -> None:
-        super().__init__(f"option {option!r}: {reason}")
-        self.option = option
+        super().__init__(option, f"option {option!r}: {reason}")
 
-    def problem(self) -> dict[str, object]:
-        body = super().problem()
-        body["option"] = self.option
-        return body
+    @property
+    def option(self) -> str:
+        return self.culprit
 
 
 class InvalidSource(BadRequest):

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from imgsrv.errors import BadRequest, Forbidden, ImgsrvError, NotFound, TooLarge, Unauthorized
+from imgsrv.errors import Forbidden, ImgsrvError, NamedBadRequest, NotFound, TooLarge, Unauthorized
 
 
-class InvalidJob(BadRequest):
+class InvalidJob(NamedBadRequest):
     """A job submission or query that cannot be accepted; ``field`` names the culprit."""
 
     title = "Invalid job"
     slug = "invalid-job"
+    culprit_key = "field"
 
     def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-
-    def problem(self) -> dict[str, object]:
-        body = super().problem()
-        body["field"] = self.field
-        return body
+        super().__init__(field, f"{field}: {reason}")
 
 
 class ForbiddenCallback(Forbidden):
