@@ -46,9 +46,6 @@ POOL_ADMITTED = Gauge(
     "Transforms running or waiting for a thread",
     multiprocess_mode="livesum",
 )
-OVERLOAD_REJECTIONS = Counter(
-    "imgsrv_overload_rejections_total", "Requests refused with 503 because the pool was full"
-)
 
 
 class BatchedCounts:

@@ -66,12 +66,14 @@ def build_l2(settings: Settings, redis: Redis) -> L2Cache:
     )
 
 
-async def flush_periodically(interval: float = 0.5) -> None:
-    """Write batched log lines and counter increments out, even when no new ones arrive."""
+async def flush_periodically(pool: TransformPool, interval: float = 0.5) -> None:
+    """Write batched log lines and counter increments out, even when no new ones arrive, and
+    sample the pool's occupancy for the merged metrics."""
     while True:
         await asyncio.sleep(interval)
         flush_logs()
         metrics.BATCHED.flush()
+        metrics.POOL_ADMITTED.set(pool.admitted)
 
 
 async def trim_when_idle(
@@ -119,7 +121,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         ),
     )
     runtime = Runtime(settings, pool, fetcher, redis, renderer)
-    runtime.background.append(asyncio.create_task(flush_periodically()))
+    runtime.background.append(asyncio.create_task(flush_periodically(pool)))
     if settings.trim_interval > 0:
         runtime.background.append(
             asyncio.create_task(

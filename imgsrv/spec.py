@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal, cast, get_args
 
 from imgsrv.errors import InvalidOption
@@ -438,6 +438,3 @@ def _check_output_size(spec: TransformSpec, limits: SpecLimits) -> None:
             "dpr" if spec.dpr != 1 else "w" if width > limits.max_dimension else "h",
             f"output {width}x{height} exceeds the {limits.max_dimension} px limit",
         )
-
-
-SPEC_FIELDS = tuple(f.name for f in fields(TransformSpec) if f.init)

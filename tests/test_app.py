@@ -197,6 +197,12 @@ def test_ops_endpoints(client: TestClient) -> None:
     assert metrics.status_code == 200
     assert 'imgsrv_http_requests_total{route="image_path",status="200"}' in metrics.text
     assert "imgsrv_transform_duration_seconds_bucket" in metrics.text
+    assert "imgsrv_pool_admitted 0.0" in metrics.text
+    place = client.app.state.renderer.pool.admit()  # type: ignore[attr-defined]
+    try:
+        assert "imgsrv_pool_admitted 1.0" in client.get("/metrics").text
+    finally:
+        place.release()
 
 
 def test_overload_sheds_with_503_and_retry_after_fast(corpus_dir: Path) -> None:
