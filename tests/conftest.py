@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 from imgsrv.app import create_app
 from imgsrv.config import Settings, load_settings
 from tests.origin import origin_fixture, origin_server_fixture  # noqa: F401
+from tests.servers import RedisProcess
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -79,3 +80,11 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A real redis-server of this test alone (append-only file on), on a unix socket."""
+    server = RedisProcess(tmp_path / "redis").start()
+    yield server
+    server.stop()

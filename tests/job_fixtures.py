@@ -7,8 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -16,7 +15,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from imgsrv.config import Settings, load_settings
-from tests.servers import RedisProcess, stop_process
+from tests.servers import stop_process
 
 T = TypeVar("T")
 
@@ -37,14 +36,6 @@ FAST_JOBS: dict[str, object] = {
     "job_poll_interval": 0.05,
     "job_callback_timeout": 2.0,
 }
-
-
-@pytest.fixture(name="redis_server")
-def redis_server_fixture(tmp_path: Path) -> Iterator[RedisProcess]:
-    """A real redis-server of this test alone (append-only file on)."""
-    server = RedisProcess(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def job_settings(redis_url: str, **overrides: object) -> Settings:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 import redis as redis_sync
 from starlette.testclient import TestClient
 
@@ -24,13 +22,6 @@ from tests.origin import Origin
 from tests.servers import RedisProcess
 
 PHOTO = "files/orientation/Landscape_1.jpg"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def cache_settings(redis_url: str, **overrides: object) -> Settings:

@@ -18,7 +18,6 @@ from tests.job_fixtures import (
     WorkerProcess,
     get_job,
     job_settings,
-    redis_server_fixture,  # noqa: F401
     submit,
     wait_for,
     wait_status,

@@ -14,7 +14,6 @@ from imgsrv.jobs.auth import ApiKeys
 from imgsrv.jobs.config import JobConfig
 from imgsrv.jobs.model import JobRequest, Priority
 from imgsrv.jobs.queue import Claim, JobQueue
-from tests.job_fixtures import redis_server_fixture  # noqa: F401
 from tests.servers import RedisProcess
 
 CONFIG = JobConfig(keys=ApiKeys([]), lease_ms=60_000, backoff=0.0, max_attempts=3)

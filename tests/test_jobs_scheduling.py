@@ -19,7 +19,6 @@ from tests.job_fixtures import (
     TINY,
     get_job,
     job_settings,
-    redis_server_fixture,  # noqa: F401
     submit,
     wait_for,
 )
