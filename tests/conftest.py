@@ -10,12 +10,11 @@ from starlette.testclient import TestClient
 
 from imgsrv.app import create_app
 from imgsrv.config import Settings, load_settings
+from tests.corpus import IMAGES as CORPUS_IMAGES
 from tests.origin import origin_fixture, origin_server_fixture  # noqa: F401
 from tests.servers import RedisProcess
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "corpus"
-CORPUS_IMAGES = CORPUS / "images"
 
 
 def corpus_settings(**overrides: object) -> Settings:
@@ -27,8 +26,6 @@ def corpus_settings(**overrides: object) -> Settings:
 
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
-    if not CORPUS_IMAGES.is_dir():
-        pytest.fail(f"test corpus not found at {CORPUS_IMAGES} (shared/ must sit beside the repo)")
     return CORPUS_IMAGES
 
 

@@ -7,7 +7,7 @@ into a conftest or test module to use them; they register under the short names.
 
 Built-in routes (query parameters in brackets):
 
-``/files/{path}``                      a file from the test corpus (``/work/shared/corpus/images``)
+``/files/{path}``                      a file from the test corpus (``tests/images``)
 ``/status/{code}``                     an empty-ish response with that status
 ``/redirect [to, status=302]``         one redirect to ``to`` (any URL, absolute or relative)
 ``/chain/{n} [to, status=302]``        ``n`` redirects, then ``to`` (a redirect) or ``b"end"``
@@ -37,14 +37,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-CORPUS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
-IMAGES_DIR = CORPUS_DIR / "images"
+from tests.corpus import IMAGES as IMAGES_DIR
 
 Handler = Callable[["OriginRequestHandler"], None]
 

@@ -1,7 +1,7 @@
 """Behaviour of the libvips pipeline, checked on real libvips output.
 
 Synthetic images (solid colour blocks) make the geometry checks exact: which colour ends up
-where tells which region a fit, gravity, crop or rotation kept. The shared test corpus
+where tells which region a fit, gravity, crop or rotation kept. The test corpus (tests/images)
 supplies real-world files (EXIF orientations, colour profiles, animations, broken files).
 """
 
@@ -33,9 +33,7 @@ from imgsrv.transform import (
 from imgsrv.transform.geometry import ResizePlan, compass_offset, focus_offset, plan_resize
 from imgsrv.transform.header import read_header
 from imgsrv.transform.load import decode
-
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "images"
-needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"test corpus not found at {CORPUS}")
+from tests.corpus import IMAGES as CORPUS
 
 OPTIONS = TransformOptions()
 NONE: frozenset[str] = frozenset()
@@ -180,7 +178,6 @@ print("alive")
 """
 
 
-@needs_corpus
 def test_libvips_logging_never_reenters_python(tmp_path: Path) -> None:
     script = tmp_path / "nested_log.py"
     script.write_text(_NESTED_LOG_SCRIPT)
@@ -208,7 +205,6 @@ def test_libvips_logging_never_reenters_python(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- limits before decoding
 
 
-@needs_corpus
 def test_pixel_bomb_is_refused_from_the_header_in_milliseconds() -> None:
     data = corpus("bombs/png-65536x65536-uint32-limit.png")  # decoding takes ~20 s
     started = time.perf_counter()
@@ -225,7 +221,6 @@ def test_megapixel_limit_is_the_configured_one() -> None:
     assert rendered.width == 10
 
 
-@needs_corpus
 def test_frames_count_only_when_the_animation_is_kept() -> None:
     data = corpus("bombs/gif-10000-frames-100x100.gif")
     with pytest.raises(ImageTooLarge, match="10000 frames"):
@@ -238,7 +233,6 @@ def test_frames_count_only_when_the_animation_is_kept() -> None:
     assert (still.format, still.pages, still.width) == ("png", 1, 50)
 
 
-@needs_corpus
 def test_animation_limits_are_configurable() -> None:
     data = corpus("gif/animated-cogs-5-frames.gif")  # 85x77, 5 frames
     four_frames = TransformOptions(max_animation_frames=4)
@@ -252,7 +246,6 @@ def test_animation_limits_are_configurable() -> None:
     assert transform(data, spec(format="jpeg"), NONE, small_budget).pages == 1
 
 
-@needs_corpus
 def test_enlarging_an_animation_is_held_to_the_pixel_budget() -> None:
     data = corpus("gif/animated-cogs-5-frames.gif")
     options = TransformOptions(max_source_megapixels=1.0)
@@ -261,7 +254,6 @@ def test_enlarging_an_animation_is_held_to_the_pixel_budget() -> None:
     assert transform(data, spec(width=200, enlarge=True), NONE, options).pages == 5
 
 
-@needs_corpus
 @pytest.mark.parametrize(
     "relative",
     [
@@ -284,7 +276,6 @@ def test_empty_and_text_sources_are_unsupported() -> None:
             render(data, width=64)
 
 
-@needs_corpus
 @pytest.mark.parametrize("relative", ["heic/hevc-256x256.heic", "heic/hevc-128x128.heif"])
 def test_hevc_heif_is_unsupported_not_undecodable(relative: str) -> None:
     with pytest.raises(UnsupportedFormat, match="HEVC not supported"):
@@ -305,7 +296,6 @@ def test_svg_is_refused_when_disabled() -> None:
     assert near(pixel(decoded(rendered), 5, 2), (*RED, 255))
 
 
-@needs_corpus
 @pytest.mark.parametrize(
     "relative",
     [
@@ -326,7 +316,6 @@ def test_truncated_images_are_undecodable(relative: str, fields: dict[str, Any])
         render(corpus(relative), **fields)
 
 
-@needs_corpus
 def test_a_crop_of_the_intact_part_of_a_truncated_image_is_served() -> None:
     # Decoding streams top to bottom and stops at the crop: every pixel served is real.
     rendered = render(corpus("malformed/truncated.jpg"), crop=(0, 0, 200, 100), format="png")
@@ -335,7 +324,6 @@ def test_a_crop_of_the_intact_part_of_a_truncated_image_is_served() -> None:
     assert out.crop(0, 90, 200, 10).deviate() > 5
 
 
-@needs_corpus
 @pytest.mark.parametrize(
     "relative",
     [
@@ -355,7 +343,6 @@ def test_corrupt_images_of_known_formats_are_undecodable(relative: str) -> None:
     assert len(caught.value.detail) < 400
 
 
-@needs_corpus
 def test_recoverable_warnings_do_not_refuse_a_complete_image() -> None:
     # Stray bytes between JPEG markers: libvips warns, the picture is intact.
     rendered = render(corpus("malformed/junk-before-dqt.jpg"), width=128)
@@ -374,7 +361,6 @@ def _upright_reference(name: str, width: int) -> Any:
     return reference.copy_memory()
 
 
-@needs_corpus
 @pytest.mark.parametrize("kind", ["Landscape", "Portrait"])
 @pytest.mark.parametrize("orientation", range(9))
 def test_every_exif_orientation_comes_out_upright(kind: str, orientation: int) -> None:
@@ -387,7 +373,6 @@ def test_every_exif_orientation_comes_out_upright(kind: str, orientation: int) -
     assert mean_difference(out.fliphor(), reference) > 15
 
 
-@needs_corpus
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_orientation_applies_before_crop_on_the_full_resolution_path(orientation: int) -> None:
     # A crop covering the whole (displayed) image takes the full-decode path.
@@ -403,7 +388,6 @@ def test_orientation_applies_before_crop_on_the_full_resolution_path(orientation
     assert mean_difference(out, reference) < 6
 
 
-@needs_corpus
 @pytest.mark.parametrize(
     "relative",
     ["orientation/png-exif-orientation-6.png", "orientation/webp-exif-orientation-6.webp"],
@@ -418,7 +402,6 @@ def test_exif_orientation_in_png_and_webp(relative: str) -> None:
     assert not out.get_typeof("orientation") or out.get("orientation") == 1
 
 
-@needs_corpus
 def test_metadata_is_stripped_unless_asked_to_keep_it() -> None:
     data = corpus("orientation/Landscape_6.jpg")
     stripped = decoded(render(data, width=60))
@@ -794,7 +777,6 @@ def test_padding_is_css_pixels_times_dpr() -> None:
 # --------------------------------------------------------------------------- colour
 
 
-@needs_corpus
 @pytest.mark.parametrize(
     "relative",
     [
@@ -828,7 +810,6 @@ def test_embedded_profiles_are_converted_to_srgb(relative: str, path: str) -> No
         assert mean_difference(out, untouched) > mean_difference(out, expected) + 1
 
 
-@needs_corpus
 @pytest.mark.parametrize(
     "relative",
     [
@@ -896,7 +877,6 @@ def test_progressive_jpeg_is_written_on_request() -> None:
     assert b"\xff\xc2" not in baseline.data and b"\xff\xc0" in baseline.data
 
 
-@needs_corpus
 @pytest.mark.parametrize(
     ("relative", "fmt"),
     [
@@ -925,7 +905,6 @@ def test_resolve_auto_format() -> None:
     assert resolve_auto_format(frozenset({"avif"}), alpha=False, animated=True) == "gif"
 
 
-@needs_corpus
 def test_auto_format_negotiates_from_accept_and_alpha() -> None:
     opaque, alpha = halves(), _transparent_dot()
     assert render(opaque, frozenset({"avif", "webp"}), format="auto").format == "avif"
@@ -944,7 +923,6 @@ def test_auto_format_negotiates_from_accept_and_alpha() -> None:
 # --------------------------------------------------------------------------- animation
 
 
-@needs_corpus
 def test_animated_gif_stays_animated_and_is_resized_per_frame() -> None:
     rendered = render(corpus("gif/animated-cogs-5-frames.gif"), width=40, height=40)
     assert (rendered.format, rendered.pages, rendered.width, rendered.height) == ("gif", 5, 40, 40)
@@ -953,7 +931,6 @@ def test_animated_gif_stays_animated_and_is_resized_per_frame() -> None:
     assert len(frames.get("delay")) == 5
 
 
-@needs_corpus
 def test_animated_webp_keeps_its_frames() -> None:
     rendered = render(corpus("webp/animated-99-frames-13x169.webp"), height=100)
     assert (rendered.format, rendered.pages, rendered.height) == ("webp", 99, 100)
@@ -962,7 +939,6 @@ def test_animated_webp_keeps_its_frames() -> None:
     assert (as_gif.format, as_gif.pages, as_gif.width) == ("gif", 9, 40)
 
 
-@needs_corpus
 def test_animation_steps_apply_to_every_frame() -> None:
     data = corpus("gif/animated-cogs-5-frames.gif")  # 85x77
     rotated = render(data, rotate=90, format="webp")
@@ -977,7 +953,6 @@ def test_animation_steps_apply_to_every_frame() -> None:
     assert trimmed.pages == 5
 
 
-@needs_corpus
 def test_still_output_of_an_animation_is_its_first_frame() -> None:
     data = corpus("gif/animated-iss634-42-frames.gif")
     first = pyvips.Image.new_from_buffer(data, "").copy_memory()  # page 0
@@ -990,7 +965,6 @@ def test_still_output_of_an_animation_is_its_first_frame() -> None:
 # --------------------------------------------------------------------------- probe
 
 
-@needs_corpus
 def test_probe_reads_the_header_only() -> None:
     assert probe(corpus("orientation/Landscape_6.jpg"), OPTIONS) == ImageInfo(
         width=1800, height=1200, format="jpeg", orientation=6, alpha=False, pages=1
@@ -1012,7 +986,6 @@ def test_probe_reads_the_header_only() -> None:
 # --------------------------------------------------------------------------- speed and threads
 
 
-@needs_corpus
 def test_shrink_on_load_decodes_at_the_target_scale() -> None:
     data = corpus("orientation/Landscape_6.jpg")
     header = read_header(data, OPTIONS)
@@ -1025,7 +998,6 @@ def test_shrink_on_load_decodes_at_the_target_scale() -> None:
     assert not full.oriented and full.plan is None
 
 
-@needs_corpus
 def test_a_typical_thumbnail_is_fast() -> None:
     data = corpus("orientation/Landscape_1.jpg")  # 1800x1200
     thumbnail = spec(width=300, format="webp")

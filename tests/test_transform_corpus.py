@@ -1,4 +1,4 @@
-"""Every file of the shared corpus either renders or fails with the right imgsrv error.
+"""Every file of the test corpus either renders or fails with the right imgsrv error.
 
 The corpus MANIFEST lists what libvips makes of each file; the expectations below are what
 imgsrv must make of it. Bombs and malformed files are listed one by one, so that a file
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import time
-from pathlib import Path
 
 import pytest
 import pyvips
@@ -22,11 +21,7 @@ from imgsrv.errors import (
 )
 from imgsrv.spec import TransformSpec
 from imgsrv.transform import Rendered, TransformOptions, configure_vips, transform
-
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
-MANIFEST = CORPUS / "MANIFEST.tsv"
-
-pytestmark = pytest.mark.skipif(not MANIFEST.is_file(), reason=f"no corpus at {CORPUS}")
+from tests.corpus import IMAGES, MANIFEST
 
 OK = None
 Expected = type[ImgsrvError] | None
@@ -121,7 +116,7 @@ def test_every_bomb_and_malformed_file_has_a_decision() -> None:
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("path", PATHS)
 def test_default_thumbnail(path: str) -> None:
-    data = (CORPUS / "images" / path).read_bytes()
+    data = (IMAGES / path).read_bytes()
     result, elapsed = _run(data, TransformSpec(source=path, width=256))
     assert elapsed < 5.0
     expected = expected_for(path)
@@ -153,7 +148,7 @@ def test_every_step_on_the_full_decode_path(path: str) -> None:
         background=(10, 20, 30, 255),
         format="png",
     )
-    data = (CORPUS / "images" / path).read_bytes()
+    data = (IMAGES / path).read_bytes()
     result, elapsed = _run(data, spec)
     assert elapsed < 5.0
     if isinstance(result, Rendered):
