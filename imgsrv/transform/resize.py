@@ -1,7 +1,8 @@
 """Scaling to the requested size, and cropping ``cover`` overflow where gravity says.
 
-Planning is shared with the loader: when shrink-on-load is possible the frame arrives
-already scaled and only the gravity crop is left to do here.
+Planning is shared with the loader: when shrink-on-load is possible the plan is made on the
+source's full size before decoding, the frame arrives part of the way there (or, from libvips'
+thumbnail, already scaled) and this step finishes it to exactly the planned size.
 """
 
 from __future__ import annotations
