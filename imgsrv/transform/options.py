@@ -26,6 +26,9 @@ class TransformOptions:
     avif_quality: int = 60
     avif_effort: int = 2
     png_compression: int = 6
+    auto_formats: tuple[str, ...] = ("avif", "webp")
+    """The accepted formats ``f:auto`` may choose ({"avif", "webp"} at most); the others of
+    ``accepted`` are ignored."""
 
     @property
     def max_pixels(self) -> int:
