@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="lower the worker's CPU priority by this much (default 10), so that image "
         "requests served on the same machine keep their latency; 0 = unchanged",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=_non_negative_int,
+        help="serve Prometheus metrics on this port at /metrics (IMGSRV_WORKER_METRICS_PORT)",
+    )
     worker.set_defaults(command=worker_command)
     return parser
 
@@ -143,9 +148,13 @@ def worker_command(args: argparse.Namespace) -> int:
     """Run a dedicated job worker until SIGTERM/SIGINT; it stops gracefully."""
     # Imported here: the worker loads libvips, which `serve` must not do before gunicorn forks.
     from imgsrv.jobs.worker import run_worker, worker_settings
+    from imgsrv.metrics import serve_metrics
 
-    settings = worker_settings(load_settings())
+    overrides = {} if args.metrics_port is None else {"worker_metrics_port": args.metrics_port}
+    settings = worker_settings(load_settings(**overrides))
     configure_logging(settings.log_level)
+    if settings.worker_metrics_port:
+        serve_metrics(settings.host, settings.worker_metrics_port)
     # Before any thread exists, so that the libvips threads inherit the lower priority.
     os.nice(min(args.nice, 19))
     # Two jobs per thread: while one waits for its download or Redis, the other transforms.
