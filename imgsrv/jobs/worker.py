@@ -27,11 +27,11 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
 from imgsrv import metrics
 from imgsrv.config import ConfigError, Settings
+from imgsrv.embedded_redis import running_embedded_url
 from imgsrv.errors import ImgsrvError, Overloaded
 from imgsrv.jobs.callbacks import CallbackSender
 from imgsrv.jobs.config import JobConfig
@@ -378,9 +378,9 @@ def worker_settings(settings: Settings) -> Settings:
     """
     if settings.redis_url:
         return settings
-    embedded = Path(settings.data_dir).resolve() / "redis" / "redis.sock"
-    if settings.embedded_redis and embedded.is_socket():
-        return dataclasses.replace(settings, redis_url=f"unix://{embedded}")
+    embedded = running_embedded_url(settings.data_dir) if settings.embedded_redis else None
+    if embedded is not None:
+        return dataclasses.replace(settings, redis_url=embedded)
     raise ConfigError(
         "imgsrv worker needs the job queue's Redis: set IMGSRV_REDIS_URL (or start it in the "
         "folder of an `imgsrv serve` running the embedded Redis)"
