@@ -215,15 +215,22 @@ def pod_settings(objects: list[dict[str, Any]], tmp_path: Path) -> Any:
     return load_settings({"IMGSRV_CONFIG": str(path)})
 
 
+def pod_of(
+    objects: list[dict[str, Any]], name: str, port_name: str, tmp_path: Path
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], Any, int]:
+    """A Deployment, its pod spec, its container, the pod's Settings and its named port."""
+    deployment = only(objects, "Deployment", name)
+    box = container(deployment)
+    port = {p["name"]: p["containerPort"] for p in box["ports"]}[port_name]
+    settings = pod_settings(objects, tmp_path)
+    return deployment, deployment["spec"]["template"]["spec"], box, settings, port
+
+
 @needs_kubectl
 def test_the_server_pod_probes_drains_and_runs_locked_down(
     objects: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    deployment = only(objects, "Deployment", "imgsrv")
-    pod = deployment["spec"]["template"]["spec"]
-    box = container(deployment)
-    settings = pod_settings(objects, tmp_path)
-    port = {p["name"]: p["containerPort"] for p in box["ports"]}["http"]
+    deployment, pod, box, settings, port = pod_of(objects, "imgsrv", "http", tmp_path)
     assert port == settings.port and settings.host == "0.0.0.0"
     assert box["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert box["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -281,12 +288,8 @@ def test_resources_are_what_the_worker_count_and_l1_derive_from(
 def test_the_worker_pod_serves_metrics_and_stops_in_time(
     objects: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    deployment = only(objects, "Deployment", "imgsrv-worker")
-    pod = deployment["spec"]["template"]["spec"]
-    box = container(deployment)
-    settings = pod_settings(objects, tmp_path)
+    deployment, pod, box, settings, port = pod_of(objects, "imgsrv-worker", "metrics", tmp_path)
     assert box["command"][:2] == ["imgsrv", "worker"]
-    port = {p["name"]: p["containerPort"] for p in box["ports"]}["metrics"]
     assert port == settings.worker_metrics_port
     assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(
         port
