@@ -65,6 +65,7 @@ class Settings:
     avif_effort: int = 2
     png_compression: int = 6
     auto_formats: tuple[str, ...] = ("avif", "webp")  # what f:auto may pick beyond JPEG/PNG/GIF
+    jpeg_shrink_headroom: bool = False
     presets: Mapping[str, str] = field(default_factory=dict)
 
     # --- HTTP caching headers

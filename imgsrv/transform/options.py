@@ -29,6 +29,9 @@ class TransformOptions:
     auto_formats: tuple[str, ...] = ("avif", "webp")
     """The accepted formats ``f:auto`` may choose ({"avif", "webp"} at most); the others of
     ``accepted`` are ignored."""
+    jpeg_shrink_headroom: bool = False
+    """Decode JPEGs at twice the target scale or more (libvips' thumbnail rule) instead of the
+    smallest DCT scale that covers the target: sharper by a little, about 15% more CPU."""
 
     @property
     def max_pixels(self) -> int:
