@@ -62,12 +62,20 @@ class Encoders:
 
 @dataclass(frozen=True)
 class VipsJob:
-    """What :func:`vips_transform` needs for one job, worked out once before the loop."""
+    """What :func:`vips_transform` needs for one job, worked out once before the loop.
+
+    ``load``: the loader's shrink-on-load option (``shrink`` for JPEG, ``scale`` for WebP);
+    ``thumbnail``: the source is one whose shrink-on-load imgsrv leaves to libvips'
+    thumbnail (HEIF, AVIF, SVG); ``width`` x ``height``: the planned output frame.
+    """
 
     data: bytes
     width: int
     height: int
     format: str
+    load: dict[str, Any]
+    thumbnail: bool
+    orientation: int
     to_srgb: bool
     encoders: Encoders
 
@@ -95,14 +103,15 @@ def encoders() -> Encoders:
 
 
 def prepare(job: Job, settings: Encoders | None = None) -> VipsJob:
-    """Plan ``job`` as imgsrv does: its header, planned output size and chosen format.
+    """Plan ``job`` as imgsrv does: its header, planned output size, loader options, format.
 
-    The planning is imgsrv's own Python (URL parser, header reader, resize planner, format
-    negotiation), so the size and format cannot drift from the server's; only the libvips
-    work of :func:`vips_transform` is timed.
+    The planning is imgsrv's own Python (URL parser, header reader, resize planner, JPEG
+    shrink rule, format negotiation), so none of it can drift from the server's; only the
+    libvips work of :func:`vips_transform` is timed.
     """
     from imgsrv.negotiation import accepted_formats
     from imgsrv.transform.header import read_header
+    from imgsrv.transform.load import jpeg_shrink
     from imgsrv.transform.negotiate_format import choose_output_format
     from imgsrv.transform.resize import make_plan
 
@@ -112,12 +121,20 @@ def prepare(job: Job, settings: Encoders | None = None) -> VipsJob:
     header = read_header(data, options)
     plan = make_plan(header.width, header.height, 1, spec, options)
     accepted = accepted_formats(job.accept) if job.format == "auto" else frozenset()
-    fmt = choose_output_format(spec, header, accepted)
+    factor = min(header.width / plan.width, header.height / plan.height)
+    load: dict[str, Any] = {}
+    if header.format == "jpeg" and factor >= 2:
+        load["shrink"] = jpeg_shrink(factor, options.jpeg_shrink_headroom)
+    elif header.format == "webp" and factor > 1:
+        load["scale"] = 1 / factor
     return VipsJob(
         data=data,
         width=plan.width,
         height=plan.height,
-        format=fmt,
+        format=choose_output_format(spec, header, accepted),
+        load=load,
+        thumbnail=header.format in ("heif", "avif", "svg"),
+        orientation=header.orientation,
         to_srgb=header.icc_profile or header.cmyk,
         encoders=settings or encoders(),
     )
@@ -127,48 +144,85 @@ def vips_transform(job: VipsJob) -> bytes:
     """The libvips calls imgsrv makes for a miss of ``job``, and nothing else.
 
     This is the one place that states which calls those are; keep it in step with
-    ``imgsrv/transform`` (load.py, colour.py, save.py). For a ``w:N`` miss of an upright
-    8-bit sRGB source (every benchmark source) imgsrv calls:
+    ``imgsrv/transform`` (load.py, orient.py, colour.py, resize.py, save.py). For a ``w:N``
+    miss imgsrv calls:
 
-    1. ``thumbnail_buffer(data, width, height=height, size="force",
-       option_string="fail_on=error")`` (plus ``output_profile="srgb"`` when the source has
-       an ICC profile or is CMYK): decode with shrink-on-load, resize, orient;
-    2. its colour and resize steps find nothing left to do (already sRGB, 8-bit, scaled);
-    3. ``copy()`` and ``page-height`` set to the frame height (stills are one page);
-    4. the saver with imgsrv's defaults, metadata stripped: ``jpegsave_buffer(Q,
+    1. decode with shrink-on-load: ``new_from_buffer(data, "", access="sequential",
+       fail_on="error")`` with ``shrink`` (JPEG: the largest of 8/4/2 that keeps at least the
+       planned size) or ``scale`` (WebP: straight to the planned size); HEIF, AVIF and SVG
+       sources go through ``thumbnail_buffer(data, width, height=height, size="force",
+       option_string="fail_on=error")`` (plus ``output_profile="srgb"`` for an ICC profile)
+       instead, which also orients and scales;
+    2. ``autorot()`` when the EXIF orientation is not 1; ``icc_transform("srgb",
+       embedded=True, ...)`` when the source has an ICC profile or is CMYK (8-bit sRGB
+       sources, every benchmark source, need no other colour call);
+    3. ``resize(h, vscale=v)`` (Lanczos 3) to exactly the planned size, alpha premultiplied
+       around it in 8 bits (``premultiply().cast()`` ... ``unpremultiply().cast()``), and a
+       ``gravity`` crop if rounding left a pixel over;
+    4. ``copy()`` and ``page-height`` set to the frame height (stills are one page);
+    5. the saver with imgsrv's defaults, metadata stripped: ``jpegsave_buffer(Q,
        interlace=False, optimize_coding=True)``, ``webpsave_buffer(Q)``,
        ``heifsave_buffer(Q, compression="av1", effort, bitdepth=8)`` or
        ``pngsave_buffer(compression, interlace=False)``.
-
-    imgsrv's pipeline then opens the output once more to describe it (``pipeline`` measures
-    that, the ceiling does not).
     """
-    colour: dict[str, Any] = {"output_profile": "srgb"} if job.to_srgb else {}
-    image = pyvips.Image.thumbnail_buffer(
-        job.data, job.width, height=job.height, size="force", option_string="fail_on=error",
-        **colour,
-    )  # fmt: skip
+    image = _decode(job)
+    if (int(image.width), int(image.height)) != (job.width, job.height):
+        image = _scale(image, job.width, job.height)
     image = image.copy()
     image.set_type(pyvips.GValue.gint_type, "page-height", int(image.height))
-    settings = job.encoders
+    return _save(image, job.format, job.encoders)
+
+
+def _decode(job: VipsJob) -> Any:
+    if job.thumbnail:
+        colour: dict[str, Any] = {"output_profile": "srgb"} if job.to_srgb else {}
+        return pyvips.Image.thumbnail_buffer(
+            job.data, job.width, height=job.height, size="force",
+            option_string="fail_on=error", **colour,
+        )  # fmt: skip
+    image = pyvips.Image.new_from_buffer(
+        job.data, "", access="sequential", fail_on="error", **job.load
+    )
+    if job.orientation != 1:
+        image = image.autorot()
+    if job.to_srgb:
+        image = image.icc_transform(
+            "srgb", embedded=True, input_profile="srgb", intent="perceptual", depth=8
+        )
+    return image
+
+
+def _scale(image: Any, width: int, height: int) -> Any:
+    hscale, vscale = width / int(image.width), height / int(image.height)
+    if image.hasalpha():
+        premultiplied = image.premultiply().cast(image.format)
+        scaled = premultiplied.resize(hscale, vscale=vscale).unpremultiply().cast(image.format)
+    else:
+        scaled = image.resize(hscale, vscale=vscale)
+    if (int(scaled.width), int(scaled.height)) != (width, height):
+        scaled = scaled.gravity("centre", width, height, extend="copy")
+    return scaled
+
+
+def _save(image: Any, fmt: str, settings: Encoders) -> bytes:
     saved: Any
-    if job.format == "jpeg":
+    if fmt == "jpeg":
         saved = image.jpegsave_buffer(
             Q=settings.jpeg_quality, interlace=False, optimize_coding=True, keep="none"
         )
-    elif job.format == "webp":
+    elif fmt == "webp":
         saved = image.webpsave_buffer(Q=settings.webp_quality, keep="none")
-    elif job.format == "avif":
+    elif fmt == "avif":
         saved = image.heifsave_buffer(
             Q=settings.avif_quality, compression="av1", effort=settings.avif_effort,
             bitdepth=8, keep="none",
         )  # fmt: skip
-    elif job.format == "png":
+    elif fmt == "png":
         saved = image.pngsave_buffer(
             compression=settings.png_compression, interlace=False, keep="none"
         )
     else:
-        raise ValueError(f"the ceiling does not write {job.format!r}")
+        raise ValueError(f"the ceiling does not write {fmt!r}")
     return bytes(saved)
 
 
