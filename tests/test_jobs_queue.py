@@ -12,6 +12,7 @@ from redis.crc import key_slot
 
 from imgsrv.jobs.auth import ApiKeys
 from imgsrv.jobs.config import JobConfig
+from imgsrv.jobs.errors import JobNotFound
 from imgsrv.jobs.model import JobRequest, Priority
 from imgsrv.jobs.queue import Claim, JobQueue
 from tests.servers import RedisProcess
@@ -190,7 +191,8 @@ async def test_cancel_of_a_queued_job_takes_it_out_of_the_queue(redis: Redis) ->
     for job in (drop, later):
         cancelled, now = await queue.cancel(job.id, "a")
         assert now and cancelled is not None and cancelled.status == "cancelled"
-    assert await queue.cancel(keep.id, "b") == (None, False)  # another tenant's job
+    with pytest.raises(JobNotFound):
+        await queue.cancel(keep.id, "b")  # another tenant's job
     stats = await queue.maintain()
     assert stats.ready["normal"] == 1 and stats.delayed == 0
     assert [c.job.id for c in await claim_all(queue)] == [keep.id]
