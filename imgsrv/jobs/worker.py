@@ -62,6 +62,15 @@ INTERNAL_ERROR: JsonObject = {
 }
 
 
+def count_reaped(count: int) -> None:
+    if count:
+        metrics.JOB_LEASES_REAPED.inc(count)
+        # The jobs were queued again (or failed when out of attempts) by the script.
+        log.warning(
+            "took back jobs of workers that stopped renewing their lease", extra={"jobs": count}
+        )
+
+
 @dataclasses.dataclass(slots=True)
 class _Run:
     """What the heartbeat learns about a job while its variants render."""
@@ -119,14 +128,6 @@ class JobWorker:
             log.info("job queue available again")
         self._queue_down = trouble is not None
 
-    def _reaped(self, count: int) -> None:
-        if count:
-            metrics.JOB_LEASES_REAPED.inc(count)
-            # The jobs were queued again (or failed when out of attempts) by the script.
-            log.warning(
-                "took back jobs of workers that stopped renewing their lease", extra={"jobs": count}
-            )
-
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake up at once when the worker is stopping."""
         with contextlib.suppress(TimeoutError):
@@ -154,7 +155,7 @@ class JobWorker:
                 await self._pause(self.config.poll_interval)
                 continue
             self._queue_state(None)
-            self._reaped(reaped)
+            count_reaped(reaped)
             if claim is None:
                 # Jitter spreads the polls of many idle slots over the interval.
                 await self._idle(self.config.poll_interval * random.uniform(0.5, 1.0))
@@ -169,24 +170,14 @@ class JobWorker:
                 self.current.pop(number, None)
 
     async def _housekeeping(self) -> None:
-        """Callbacks, queue metrics, and reaping while no slot claims."""
-        next_stats = 0.0
+        """Deliver due callbacks (queue upkeep and metrics are the ProcessDuties')."""
         while not self._stopping.is_set():
             try:
                 await self.callbacks.deliver_due()
-                if time.monotonic() >= next_stats:
-                    next_stats = time.monotonic() + STATS_INTERVAL
-                    stats = await self.queue.maintain()
-                    self._reaped(stats.reaped)
-                    for priority, depth in stats.ready.items():
-                        metrics.JOBS_QUEUED.labels(priority).set(depth)
-                    metrics.JOBS_DELAYED.set(stats.delayed)
-                    metrics.JOBS_RUNNING.set(stats.running)
-                    metrics.JOB_CALLBACKS_DUE.set(stats.callbacks_due)
             except QueueUnavailable as exc:
                 self._queue_state(exc)
             except Exception:
-                log.exception("job housekeeping failed")
+                log.exception("job callback delivery failed")
             await self._pause(self.config.poll_interval)
 
     # ----------------------------------------------------------------------- one job
@@ -379,22 +370,36 @@ class ProcessDuties:
 
     async def run(self) -> None:
         """Until :meth:`stop`; then the record says the process stopped."""
-        next_beat = 0.0
+        next_beat = next_stats = 0.0
         while not self._stopping.is_set():
             try:
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + self.info.interval
                     await self.services.registry.beat(self.info, self.current())
                     metrics.WORKERS_ONLINE.set(await self.services.registry.online())
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + STATS_INTERVAL
+                    await self._maintain()
                 await self.services.schedules.fire_due()
             except QueueUnavailable:
-                pass  # the worker loops log the outage; the next beat tries again
+                pass  # the worker loops log the outage; the next round tries again
             except Exception:
-                log.exception("registry or schedule duty failed")
+                log.exception("registry, schedule or queue duty failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), SCHEDULE_INTERVAL)
         with contextlib.suppress(QueueUnavailable):
             await self.services.registry.stop(self.info)
+
+    async def _maintain(self) -> None:
+        """Reap expired leases (of workers that died), promote due jobs, update the gauges:
+        every process does it, so jobs of a dead worker come back even where none claims."""
+        stats = await self.services.queue.maintain()
+        count_reaped(stats.reaped)
+        for priority, depth in stats.ready.items():
+            metrics.JOBS_QUEUED.labels(priority).set(depth)
+        metrics.JOBS_DELAYED.set(stats.delayed)
+        metrics.JOBS_RUNNING.set(stats.running)
+        metrics.JOB_CALLBACKS_DUE.set(stats.callbacks_due)
 
 
 async def _stop_task(stop: Callable[[], None], task: asyncio.Task[None]) -> None:
