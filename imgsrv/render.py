@@ -346,6 +346,7 @@ class VariantSetRender:
         self.specs = tuple(specs)
         self._variants: VariantSet | None = None
         self._fetching = asyncio.Lock()
+        self._decodes_counted = 0
 
     async def render(self, spec: TransformSpec) -> RenderResult:
         """The entry for ``spec`` (a spec of this source), from L2 or rendered from the set."""
@@ -394,7 +395,6 @@ class VariantSetRender:
         renderer = self.renderer
         variants, fetch_ms = await self._variant_set()
         admission = renderer.pool.admit(renderer.tuning.background_reserve)
-        decodes = variants.decodes
         started = time.perf_counter()
         try:
             image = await renderer.pool.run_admitted(admission, variants.render, spec)
@@ -403,8 +403,9 @@ class VariantSetRender:
             raise
         transform_s = time.perf_counter() - started
         metrics.TRANSFORM_SECONDS.labels(image.format).observe(transform_s)
-        if variants.decodes > decodes:
-            metrics.SHARED_DECODES.inc()
+        if variants.decodes > self._decodes_counted:
+            metrics.SHARED_DECODES.inc(variants.decodes - self._decodes_counted)
+            self._decodes_counted = variants.decodes
         entry = to_entry(image)
         if renderer.l2 is not None and await renderer.l2.put(key, entry, spec.ttl, spec.source):
             metrics.CACHE_EVENTS.labels("l2", "store").inc()
