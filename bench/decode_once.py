@@ -70,7 +70,10 @@ def compare(data: bytes, fmt: str, rounds: int) -> dict[str, Any]:
             ]
 
         shared.append(_cpu(together))
-    alone = [(r.width, r.height, r.format) for r in (transform(data, s, frozenset(), options) for s in chosen)]
+    alone = [
+        (r.width, r.height, r.format)
+        for r in (transform(data, s, frozenset(), options) for s in chosen)
+    ]
     ind, sha = statistics.median(independent), statistics.median(shared)
     return {
         "format": fmt,
@@ -170,11 +173,10 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for width in result["widths"]:
         lines.append(
-            f"| {width} | {parts['decode_cpu_s'][str(width)]} | {parts['encode_cpu_s'][str(width)]} |"
+            f"| {width} | {parts['decode_cpu_s'][str(width)]} "
+            f"| {parts['encode_cpu_s'][str(width)]} |"
         )
-    lines.append(
-        f"| total | {parts['decode_total_s']} | {parts['encode_total_s']} |"
-    )
+    lines.append(f"| total | {parts['decode_total_s']} | {parts['encode_total_s']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -126,7 +126,9 @@ def traffic_stats(sampler: TrafficSampler) -> dict[str, object]:
         window = now.at - before.at
         requests = now.requests - before.requests
         shed = now.shed - before.shed
-        delta = {bound: count - before.buckets.get(bound, 0.0) for bound, count in now.buckets.items()}
+        delta = {
+            bound: count - before.buckets.get(bound, 0.0) for bound, count in now.buckets.items()
+        }
         p50, p99 = quantile(delta, 0.5), quantile(delta, 0.99)
         body.update(
             window_s=round(window, 3),

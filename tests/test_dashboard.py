@@ -65,7 +65,7 @@ def test_basic_authentication_with_any_user_and_the_admin_key(app: TestClient) -
     csp = response.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src 'self'" in csp
     assert response.headers["x-frame-options"] == "DENY"
-    assert "<script src=\"/dashboard/static/dashboard.js\"" in response.text
+    assert '<script src="/dashboard/static/dashboard.js"' in response.text
     assert "http://" not in response.text and "https://" not in response.text  # no CDN
     fragment = app.get("/dashboard", auth=BASIC, headers={"X-Dashboard-Fragment": "1"})
     assert fragment.text.startswith('<main id="view">') and "<html" not in fragment.text
@@ -106,7 +106,9 @@ def test_actions_need_a_session_and_its_csrf_token_and_change_nothing_otherwise(
         (app.post(cancel, data={"csrf": stale}, auth=BASIC), "stale token"),
         (app.post(cancel, data={"csrf": token}, auth=BASIC), "the cookie session's token"),
         (
-            app.post(cancel, data={"csrf": token}, headers={**session, "Origin": "https://evil.example"}),
+            app.post(
+                cancel, data={"csrf": token}, headers={**session, "Origin": "https://evil.example"}
+            ),
             "another origin",
         ),
         (app.post("/dashboard/queues/high/pause", data={"csrf": token}), "no session"),
@@ -145,7 +147,9 @@ def test_plain_form_actions_work_and_redirect_back(app: TestClient) -> None:
     app.delete(f"/v1/jobs/{job_id}", headers=AUTH_A)
 
 
-def test_without_an_admin_key_the_dashboard_is_off(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_without_an_admin_key_the_dashboard_is_off(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     redis = RedisProcess(tmp_path_factory.mktemp("dashboard-off") / "redis").start()
     try:
         with TestClient(create_app(job_settings(redis.url, admin_key=""))) as client:

@@ -43,7 +43,9 @@ class Fleet:
         return httpx.get(self.instances[instance].url + path, headers=ADMIN, timeout=10, **kwargs)
 
     def post(self, path: str, json: Any, instance: int = 0) -> httpx.Response:
-        return httpx.post(self.instances[instance].url + path, json=json, headers=AUTH_A, timeout=10)
+        return httpx.post(
+            self.instances[instance].url + path, json=json, headers=AUTH_A, timeout=10
+        )
 
     def workers(self, instance: int = 0) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = self.get("/v1/workers", instance).json()["workers"]
@@ -81,7 +83,9 @@ def test_the_registry_lists_every_process_and_the_metric_counts_them(fleet: Flee
     servers = [w for w in online if w["kind"] == "server"]
     assert len(servers) == 2 and all(w["concurrency"] == 0 for w in servers)
     assert all(w["version"] and w["host"] and w["heartbeat_age_s"] < 3 * BEAT for w in online)
-    assert fleet.workers(1) != [] and {w["id"] for w in fleet.workers(1)} == {w["id"] for w in online}
+    assert fleet.workers(1) != [] and {w["id"] for w in fleet.workers(1)} == {
+        w["id"] for w in online
+    }
     one = fleet.get(f"/v1/workers/{online[0]['id']}")
     assert one.status_code == 200 and one.json()["id"] == online[0]["id"]
 
@@ -150,9 +154,12 @@ def test_after_downtime_a_schedule_fires_once_not_once_per_missed_period(fleet: 
     next_run = datetime.fromisoformat(state["next_run"]).timestamp()
     assert now / 1000 < next_run <= now / 1000 + 30 * 60 + 1
     fleet.get(f"/v1/schedules/{schedule_id}")  # still there
-    assert httpx.delete(
-        fleet.instances[0].url + f"/v1/schedules/{schedule_id}", headers=AUTH_A
-    ).status_code == 200
+    assert (
+        httpx.delete(
+            fleet.instances[0].url + f"/v1/schedules/{schedule_id}", headers=AUTH_A
+        ).status_code
+        == 200
+    )
 
 
 def test_a_killed_worker_is_shown_offline_and_its_job_is_taken_back(
@@ -165,7 +172,9 @@ def test_a_killed_worker_is_shown_offline_and_its_job_is_taken_back(
         handler.send_body(200, image, {"Content-Type": "image/jpeg"})
 
     origin.handler("slow/fleet.jpg", slow)
-    job_id = fleet.post("/v1/jobs", {"source": origin.url("slow/fleet.jpg"), "variants": [{"w": 8}]}).json()["id"]
+    job_id = fleet.post(
+        "/v1/jobs", {"source": origin.url("slow/fleet.jpg"), "variants": [{"w": 8}]}
+    ).json()["id"]
 
     def running_on_worker() -> dict[str, Any] | None:
         mine = [w for w in fleet.workers() if w["pid"] == fleet.worker.pid]
@@ -182,6 +191,7 @@ def test_a_killed_worker_is_shown_offline_and_its_job_is_taken_back(
 
     gone = wait_for(offline, timeout=10, interval=0.1, what="the worker shown offline")
     assert gone["heartbeat_age_s"] > 3 * BEAT and gone["online"] is False
+
     # Its lease runs out and the instances (which run no jobs themselves) reap it.
     def requeued() -> dict[str, Any] | None:
         job: dict[str, Any] = fleet.get(f"/v1/jobs/{job_id}").json()

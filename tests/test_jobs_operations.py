@@ -23,7 +23,6 @@ from tests.job_fixtures import (
     get_job,
     job_settings,
     submit,
-    wait_for,
     wait_status,
 )
 from tests.origin import Origin, shared_origin
@@ -161,10 +160,16 @@ def test_a_queued_job_changes_priority_and_a_running_one_does_not(api: TestClien
     assert queue_of(api, "high")["depth"] >= 1
     again = api.patch(f"/v1/jobs/{job_id}", json={"priority": "high"}, headers=ADMIN)
     assert again.status_code == 200
-    for bad, field in (({"priority": "urgent"}, "priority"), ({"colour": 1}, "colour"), ({}, "priority")):
+    for bad, field in (
+        ({"priority": "urgent"}, "priority"),
+        ({"colour": 1}, "colour"),
+        ({}, "priority"),
+    ):
         response = api.patch(f"/v1/jobs/{job_id}", json=bad, headers=AUTH_A)
         assert response.status_code == 400 and response.json()["field"] == field
-    assert api.patch(f"/v1/jobs/{job_id}", json={"priority": "low"}, headers=AUTH_B).status_code == 404
+    assert (
+        api.patch(f"/v1/jobs/{job_id}", json={"priority": "low"}, headers=AUTH_B).status_code == 404
+    )
     api.delete(f"/v1/jobs/{job_id}", headers=AUTH_A)
     finished = api.patch(f"/v1/jobs/{job_id}", json={"priority": "low"}, headers=AUTH_A)
     assert finished.status_code == 409
@@ -322,13 +327,17 @@ def test_schedules_are_created_listed_and_deleted_per_tenant(api: TestClient) ->
     mine = api.get("/v1/schedules", headers=AUTH_A).json()["schedules"]
     assert schedule["id"] in {s["id"] for s in mine}
     assert api.get("/v1/schedules", headers=AUTH_B).json()["schedules"] == []
-    assert schedule["id"] in {s["id"] for s in api.get("/v1/schedules", headers=ADMIN).json()["schedules"]}
+    assert schedule["id"] in {
+        s["id"] for s in api.get("/v1/schedules", headers=ADMIN).json()["schedules"]
+    }
     path = f"/v1/schedules/{schedule['id']}"
     assert api.get(path, headers=AUTH_B).status_code == 404
     assert api.delete(path, headers=AUTH_B).status_code == 404
     assert api.delete(path, headers=AUTH_A).status_code == 200
     gone = api.get(path, headers=AUTH_A)
-    assert gone.status_code == 404 and gone.json()["type"] == "urn:imgsrv:problem:schedule-not-found"
+    assert (
+        gone.status_code == 404 and gone.json()["type"] == "urn:imgsrv:problem:schedule-not-found"
+    )
     assert api.delete(path, headers=AUTH_A).status_code == 404
 
 
@@ -396,7 +405,9 @@ def test_unknown_ids_are_404_and_change_nothing(
     assert snapshot(store) == before
 
 
-def test_another_tenants_job_is_404_for_every_action(api: TestClient, store: redis_sync.Redis) -> None:
+def test_another_tenants_job_is_404_for_every_action(
+    api: TestClient, store: redis_sync.Redis
+) -> None:
     theirs = submit(api, body(), AUTH_B)
     before = snapshot(store)
     for method, path, payload in (

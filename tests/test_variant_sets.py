@@ -121,9 +121,7 @@ def test_jobs_of_one_source_claimed_together_share_one_download_and_one_decode(
                 submit(api, {"source": source, "variants": [{"w": w, "f": "webp"} for w in ws]})
                 for ws in widths
             ]
-        merging = job_settings(
-            redis.url, job_workers=4, job_merge_window=0.5, source_cache_ttl=0.0
-        )
+        merging = job_settings(redis.url, job_workers=4, job_merge_window=0.5, source_cache_ttl=0.0)
         with TestClient(create_app(merging)) as workers:
             before = workers.get("/metrics").text
             jobs = [wait_status(workers, job_id, auth=AUTH_A) for job_id in ids]
@@ -135,6 +133,8 @@ def test_jobs_of_one_source_claimed_together_share_one_download_and_one_decode(
         assert [v["result"]["width"] for v in job["variants"]] == ws
         assert all(v["result"]["format"] == "webp" for v in job["variants"])
     assert origin.count(PHOTO) == downloads + 1  # four jobs, nine variants, one download
-    decodes = metric(after, "imgsrv_shared_decodes_total") - metric(before, "imgsrv_shared_decodes_total")
+    decodes = metric(after, "imgsrv_shared_decodes_total") - metric(
+        before, "imgsrv_shared_decodes_total"
+    )
     merged = metric(after, "imgsrv_jobs_merged_total") - metric(before, "imgsrv_jobs_merged_total")
     assert (decodes, merged) == (1, 4)

@@ -41,18 +41,30 @@ def _cell(value: Any, field: str = "", **data: str) -> str:
 def _table(headers: Sequence[str], rows: Iterable[str], name: str) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join(rows) or f'<tr><td colspan="{len(headers)}" class="empty">none</td></tr>'
-    return f'<table data-table="{escape(name)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return (
+        f'<table data-table="{escape(name)}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table>"
+    )
 
 
-def action_form(action: str, csrf: str, label: str, fields: Mapping[str, str] | None = None,
-                extra: str = "") -> str:
-    """A POST form to a dashboard action, with its CSRF token."""
+def action_form(
+    action: str,
+    csrf: str,
+    label: str,
+    fields: Mapping[str, str] | None = None,
+    extra: str = "",
+    scripted: bool = True,
+) -> str:
+    """A POST form to a dashboard action, with its CSRF token; ``scripted`` ones are sent by
+    the page's script (which then updates the view) rather than by a page load."""
     hidden = "".join(
         f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">'
         for k, v in {"csrf": csrf, **(fields or {})}.items()
     )
     return (
-        f'<form method="post" action="{escape(action)}" class="action" data-action="{escape(label)}">'
+        f'<form method="post" action="{escape(action)}" '
+        f'class="{"action" if scripted else "plain"}" '
+        f'data-action="{escape(label)}">'
         f'{hidden}{extra}<button type="submit">{escape(label)}</button></form>'
     )
 
@@ -76,7 +88,7 @@ def frame(title: str, path: str, main: str, refresh: float, csrf: str) -> str:
 </head>
 <body data-refresh="{refresh:g}" data-csrf="{escape(csrf)}">
 <header><strong>imgsrv</strong><nav>{nav}</nav>
-<form method="post" action="/dashboard/logout"><input type="hidden" name="csrf" value="{escape(csrf)}"><button type="submit">Sign out</button></form>
+{action_form("/dashboard/logout", csrf, "Sign out", scripted=False)}
 </header>
 <p id="status" role="status"></p>
 {main}
@@ -100,7 +112,7 @@ def queues_view(queues: Mapping[str, Any], csrf: str) -> str:
             f'<tr data-priority="{priority}"><th>{priority}</th>'
             + _cell(entry["depth"], "depth", priority=priority)
             + _cell(entry["oldest_age_s"], "oldest_age_s", priority=priority)
-            + _cell("paused" if entry["paused"] else "running", "paused", priority=priority)
+            + _cell("paused" if entry["paused"] else "active", "paused", priority=priority)
             + f"<td>{form}</td></tr>"
         )
         for row in entry["tenants"]:
@@ -132,8 +144,9 @@ def _select(name: str, options: Sequence[str], chosen: str, blank: str) -> str:
     return f'<label>{escape(name)} <select name="{escape(name)}">{"".join(items)}</select></label>'
 
 
-def jobs_view(jobs: Sequence[Mapping[str, Any]], filters: Mapping[str, str],
-              tenants: Sequence[str]) -> str:
+def jobs_view(
+    jobs: Sequence[Mapping[str, Any]], filters: Mapping[str, str], tenants: Sequence[str]
+) -> str:
     form = (
         '<form method="get" action="/dashboard/jobs" class="filters">'
         + _select("status", STATUSES, filters.get("status", ""), "any status")
@@ -147,7 +160,7 @@ def jobs_view(jobs: Sequence[Mapping[str, Any]], filters: Mapping[str, str],
         + _cell(job["tenant"], "tenant")
         + _cell(job["priority"], "priority")
         + _cell(job["status"], "status")
-        + _cell(f'{job["progress"]["done"]}/{job["progress"]["total"]}', "progress")
+        + _cell(f"{job['progress']['done']}/{job['progress']['total']}", "progress")
         + _cell(job["attempts"], "attempts")
         + _cell(job["created_at"], "created_at")
         + _cell(job["finished_at"], "finished_at")
@@ -172,7 +185,9 @@ def job_view(job: Mapping[str, Any], csrf: str) -> str:
         )
         actions.append(
             action_form(
-                f"/dashboard/jobs/{job_id}/priority", csrf, "Change priority",
+                f"/dashboard/jobs/{job_id}/priority",
+                csrf,
+                "Change priority",
                 extra=f'<select name="priority" aria-label="priority">{choice}</select>',
             )
         )
@@ -193,8 +208,8 @@ def job_view(job: Mapping[str, Any], csrf: str) -> str:
             thumbs.append(
                 f'<figure data-variant="{index}"><a href="{escape(result["url"])}">'
                 f'<img src="{escape(result["url"])}" alt="variant {index}" loading="lazy"></a>'
-                f'<figcaption>{result["width"]}×{result["height"]} {escape(result["format"])}, '
-                f'{result["bytes"]} B<br><code>{options}</code></figcaption></figure>'
+                f"<figcaption>{result['width']}x{result['height']} {escape(result['format'])}, "
+                f"{result['bytes']} B<br><code>{options}</code></figcaption></figure>"
             )
         else:
             thumbs.append(
@@ -217,13 +232,16 @@ def job_view(job: Mapping[str, Any], csrf: str) -> str:
     ]
     error = (
         f'<pre class="error" data-field="error">{escape(str(job["error"]))}</pre>'
-        if job["error"] else ""
+        if job["error"]
+        else ""
     )
     body = (
         f'<div class="actions">{"".join(actions)}</div><dl class="facts">{facts}</dl>{error}'
         f'<h2>Variants</h2><div class="thumbs">{"".join(thumbs)}</div>'
-        "<h2>Dependencies</h2>" + _table(["Job", "Status"], deps, "dependencies")
-        + "<h2>Timeline</h2>" + _table(["At", "Event", "Details"], timeline, "timeline")
+        "<h2>Dependencies</h2>"
+        + _table(["Job", "Status"], deps, "dependencies")
+        + "<h2>Timeline</h2>"
+        + _table(["At", "Event", "Details"], timeline, "timeline")
     )
     return main(f"Job {job_id}", body)
 
@@ -243,7 +261,17 @@ def workers_view(workers: Mapping[str, Any]) -> str:
         + "</tr>"
         for w in workers["workers"]
     ]
-    headers = ["Worker", "Kind", "Host", "Pid", "Version", "Slots", "State", "Running", "Beat (s ago)"]
+    headers = [
+        "Worker",
+        "Kind",
+        "Host",
+        "Pid",
+        "Version",
+        "Slots",
+        "State",
+        "Running",
+        "Beat (s ago)",
+    ]
     online = f'<p class="totals">Online <b data-field="online">{workers["online"]}</b></p>'
     return main("Workers", online + _table(headers, rows, "workers"))
 
@@ -259,13 +287,24 @@ def schedules_view(schedules: Sequence[Mapping[str, Any]]) -> str:
         + _cell(s["last_run"], "last_run")
         + (
             f'<td data-field="last_job"><a href="/dashboard/jobs/{escape(s["last_job"])}">'
-            f'{escape(s["last_job"])}</a></td>' if s["last_job"] else _cell(None, "last_job")
+            f"{escape(s['last_job'])}</a></td>"
+            if s["last_job"]
+            else _cell(None, "last_job")
         )
         + _cell(s["fired"], "fired")
         + "</tr>"
         for s in schedules
     ]
-    headers = ["Schedule", "Tenant", "Cron", "Time zone", "Next run", "Last run", "Last job", "Fired"]
+    headers = [
+        "Schedule",
+        "Tenant",
+        "Cron",
+        "Time zone",
+        "Next run",
+        "Last run",
+        "Last job",
+        "Fired",
+    ]
     return main("Schedules", _table(headers, rows, "schedules"))
 
 

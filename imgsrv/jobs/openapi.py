@@ -88,7 +88,8 @@ OPERATIONS: tuple[Operation, ...] = (
         },
     ),
     Operation(
-        "get", "/v1/jobs", "listJobs", "The most recent jobs (the tenant's; all with the admin key)",
+        "get", "/v1/jobs", "listJobs",
+        "The most recent jobs (the tenant's; all with the admin key)",
         {"200": ("newest first", "JobList")},
         query=(_STATUS_QUERY, _PRIORITY_QUERY, _TENANT_QUERY, _LIMIT_QUERY),
         errors={"400": "invalid status, priority, tenant or limit"},
@@ -139,7 +140,8 @@ OPERATIONS: tuple[Operation, ...] = (
         errors={"404": "no such priority"},
     ),
     Operation(
-        "get", "/v1/workers", "listWorkers", "The worker registry: every serving process and worker",
+        "get", "/v1/workers", "listWorkers",
+        "The worker registry: every serving process and worker",
         {"200": ("online first", "WorkerList")}, security=(ADMIN,),
     ),
     Operation(
@@ -148,7 +150,8 @@ OPERATIONS: tuple[Operation, ...] = (
         errors={"404": "no such worker"},
     ),
     Operation(
-        "post", "/v1/schedules", "createSchedule", "Submit a job at every time a cron expression names",
+        "post", "/v1/schedules", "createSchedule",
+        "Submit a job at every time a cron expression names",
         {"201": ("created", "Schedule")}, security=(TENANT,), request="ScheduleRequest",
         errors={
             "400": "invalid cron, timezone or job",

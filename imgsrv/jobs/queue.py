@@ -154,7 +154,6 @@ class JobQueue:
         with queue_errors():
             return await script(keys=[key], args=[self.prefix, self.config.retention_ms, *args])
 
-
     # ----------------------------------------------------------------------- API side
 
     async def submit(
@@ -324,7 +323,9 @@ class JobQueue:
         if not outcome:
             raise JobNotFound(f"no job {job_id!r}")
         if outcome == "conflict":
-            raise JobConflict(f"the job is {_text(reply[1])}: only failed or cancelled jobs run again")
+            raise JobConflict(
+                f"the job is {_text(reply[1])}: only failed or cancelled jobs run again"
+            )
         if outcome == "dependency":
             raise JobConflict(f"its dependency {_text(reply[1])} failed: retry that job first")
         return await self.require(job_id, tenant), outcome == "queued"

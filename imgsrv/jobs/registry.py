@@ -13,7 +13,7 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -91,7 +91,9 @@ class WorkerRegistry:
         """Every registered worker, online ones first, each with its state and heartbeat age."""
         redis = self.queue.redis
         with queue_errors():
-            ids = [item.decode() for item in await redis.zrevrange(self.key, 0, -1)]
+            ids = [
+                _text(item) for item in cast(list[bytes], await redis.zrevrange(self.key, 0, -1))
+            ]
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.time()
                 for worker_id in ids:

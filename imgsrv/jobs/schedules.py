@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -176,7 +176,7 @@ class ScheduleStore:
             raise ScheduleNotFound(f"no schedule {schedule_id[:64]!r}")
         return found
 
-    async def list(self, tenant: str | None) -> list[Schedule]:
+    async def list_schedules(self, tenant: str | None) -> list[Schedule]:
         """The schedules of ``tenant`` (None = all), by next run."""
         redis = self.queue.redis
         with queue_errors():
@@ -186,7 +186,7 @@ class ScheduleStore:
                 index = f"{self.queue.prefix}:tenant:{tenant}:schedules"
                 ids = await redis.zrange(index, 0, -1)
             async with redis.pipeline(transaction=False) as pipe:
-                for schedule_id in ids:
+                for schedule_id in cast(list[bytes], ids):
                     pipe.hgetall(self.key(_text(schedule_id)))
                 records = await pipe.execute()
         found = [Schedule.from_hash(raw) for raw in records if raw]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -41,8 +41,12 @@ T = TypeVar("T")
 
 Priority = Literal["high", "normal", "low"]
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-# Every option name but ttl, which is set once on the job.
-OptionName = Literal[tuple(name for name in OPTION_NAMES if name != "ttl")]  # type: ignore[valid-type]
+# Every option name but ttl, which is set once on the job (an enum in the schema; for the type
+# checker, a string).
+if TYPE_CHECKING:
+    OptionName = str
+else:
+    OptionName = Literal[tuple(name for name in OPTION_NAMES if name != "ttl")]
 Scalar = str | int | float | bool
 OptionValue = Annotated[
     Scalar | Annotated[list[Scalar], Meta(min_length=1)],
@@ -153,9 +157,9 @@ class Problem(Struct):
     field: Annotated[str, Meta(description="the request field at fault")] | msgspec.UnsetType = (
         msgspec.UNSET
     )
-    variant: (
-        Annotated[int, Meta(description="index of the failed variant")] | msgspec.UnsetType
-    ) = msgspec.UNSET
+    variant: Annotated[int, Meta(description="index of the failed variant")] | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
     dependency: (
         Annotated[str, Meta(description="the dependency that failed")] | msgspec.UnsetType
     ) = msgspec.UNSET
@@ -185,9 +189,9 @@ class CallbackState(Struct):
     url: str
     status: Literal["waiting", "pending", "delivered", "failed"]
     attempts: Annotated[int, Meta(ge=0)]
-    last_status: int | None | msgspec.UnsetType = msgspec.UNSET
-    last_error: str | None | msgspec.UnsetType = msgspec.UNSET
-    delivered_at: Time | None | msgspec.UnsetType = msgspec.UNSET
+    last_status: int | msgspec.UnsetType | None = msgspec.UNSET
+    last_error: str | msgspec.UnsetType | None = msgspec.UNSET
+    delivered_at: Time | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class Dependency(Struct, forbid_unknown_fields=True):

@@ -177,7 +177,8 @@ local function finish(id, status, now, error)
                     end
                 else
                     if redis.call('ZREM', P .. ':delayed', dependent) == 0 then
-                        local tenant, priority = unpack(redis.call('HMGET', key, 'tenant', 'priority'))
+                        local tenant, priority = unpack(
+                            redis.call('HMGET', key, 'tenant', 'priority'))
                         drop_ready(dependent, tenant, priority)
                     end
                     if item[2] == 'cancelled' then
@@ -511,7 +512,8 @@ if was_ready then
     local ids = redis.call('LRANGE', list, 0, -1)
     local before = nil
     for _, other in ipairs(ids) do
-        if tonumber(redis.call('HGET', job_key(other), 'created_at') or '0') > tonumber(created) then
+        local other_created = redis.call('HGET', job_key(other), 'created_at') or '0'
+        if tonumber(other_created) > tonumber(created) then
             before = other
             break
         end

@@ -42,9 +42,7 @@ def parse_submission(body: bytes, settings: Settings, config: JobConfig) -> JobR
     return check_submission(decode(body, JobSubmission), settings, config)
 
 
-def parse_scheduled_job(
-    data: dict[str, Any], settings: Settings, config: JobConfig
-) -> JobRequest:
+def parse_scheduled_job(data: dict[str, Any], settings: Settings, config: JobConfig) -> JobRequest:
     """Validate the job body of a schedule; errors name ``job.<field>``."""
     for name in NOT_IN_SCHEDULES:
         if data.get(name) is not None:
@@ -54,7 +52,9 @@ def parse_scheduled_job(
     except InvalidJob as exc:
         if exc.culprit.startswith("job."):
             raise
-        raise InvalidJob("job." + exc.culprit, exc.detail.partition(": ")[2] or exc.detail) from None
+        raise InvalidJob(
+            "job." + exc.culprit, exc.detail.partition(": ")[2] or exc.detail
+        ) from None
 
 
 def check_submission(

@@ -136,7 +136,10 @@ class JobWorker:
     async def _idle(self, seconds: float) -> None:
         """Sleep between polls; a slot that opens a merge window wakes the idle ones."""
         self._wake.clear()
-        waits = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self._wake.wait())]
+        waits = [
+            asyncio.ensure_future(self._stopping.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+        ]
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:

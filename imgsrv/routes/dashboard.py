@@ -130,7 +130,7 @@ async def workers_page(request: Request) -> Response:
 
 async def schedules_page(request: Request) -> Response:
     async def render(csrf: str) -> str:
-        found = await services(request).schedules.list(None)
+        found = await services(request).schedules.list_schedules(None)
         return pages.schedules_view([schedule.body() for schedule in found])
 
     return await _view(request, "Schedules", render)

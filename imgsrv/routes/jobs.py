@@ -19,6 +19,7 @@ from starlette.responses import Response
 from imgsrv import metrics
 from imgsrv.config import Settings
 from imgsrv.errors import Forbidden, NotFound
+from imgsrv.jobs.auth import TENANT_RE
 from imgsrv.jobs.config import JobConfig
 from imgsrv.jobs.errors import (
     AdminDisabled,
@@ -31,6 +32,7 @@ from imgsrv.jobs.errors import (
 )
 from imgsrv.jobs.model import log_job
 from imgsrv.jobs.openapi import openapi_document
+from imgsrv.jobs.schedules import parse_cron, parse_timezone
 from imgsrv.jobs.schema import (
     DEFAULT_LIST_LIMIT,
     MAX_LIST_LIMIT,
@@ -40,8 +42,6 @@ from imgsrv.jobs.schema import (
     Status,
     decode,
 )
-from imgsrv.jobs.auth import TENANT_RE
-from imgsrv.jobs.schedules import parse_cron, parse_timezone
 from imgsrv.jobs.services import JobServices
 from imgsrv.jobs.submission import parse_scheduled_job, parse_submission
 from imgsrv.routes.cache import bearer_token
@@ -101,7 +101,9 @@ def tenant_caller(request: Request) -> str:
     """Endpoints that act for one tenant (submitting): its API key only."""
     found = caller(request)
     if found.tenant is None:
-        raise Forbidden("jobs and schedules are submitted with a tenant's API key, not the admin key")
+        raise Forbidden(
+            "jobs and schedules are submitted with a tenant's API key, not the admin key"
+        )
     return found.tenant
 
 
@@ -227,7 +229,11 @@ def queues_body(stats: dict[str, Any]) -> dict[str, Any]:
                 "paused": bool(entry["paused"]),
                 "oldest_age_s": age(entry["oldest_at"]),
                 "tenants": [
-                    {"tenant": row["tenant"], "depth": row["depth"], "oldest_age_s": age(row["oldest_at"])}
+                    {
+                        "tenant": row["tenant"],
+                        "depth": row["depth"],
+                        "oldest_age_s": age(row["oldest_at"]),
+                    }
                     for row in entry["tenants"]
                 ],
             }
@@ -284,7 +290,7 @@ async def schedules(request: Request) -> Response:
     store = services(request).schedules
     if request.method == "GET":
         who = caller(request)
-        return json_response({"schedules": [s.body() for s in await store.list(who.tenant)]})
+        return json_response({"schedules": [s.body() for s in await store.list_schedules(who.tenant)]})
     tenant = tenant_caller(request)
     body = decode(await read_body(request), ScheduleRequest)
     cron = parse_cron(body.cron)
