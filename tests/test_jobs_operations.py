@@ -236,6 +236,7 @@ def test_a_job_waits_for_its_dependencies_and_fails_or_is_cancelled_with_them(
         assert done["status"] == "succeeded"
         started = done["started_at"]
         assert all(get_job(api, dep)["finished_at"] <= started for dep in (first, second))
+        assert wait_status(api, grandchild)["status"] == "succeeded"
     # A dependency cancelled: its dependents are cancelled with it, all the way down.
     parent = submit(api, body())
     kid = submit(api, body(depends_on=[parent]))

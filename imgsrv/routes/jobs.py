@@ -290,7 +290,8 @@ async def schedules(request: Request) -> Response:
     store = services(request).schedules
     if request.method == "GET":
         who = caller(request)
-        return json_response({"schedules": [s.body() for s in await store.list_schedules(who.tenant)]})
+        found = await store.list_schedules(who.tenant)
+        return json_response({"schedules": [schedule.body() for schedule in found]})
     tenant = tenant_caller(request)
     body = decode(await read_body(request), ScheduleRequest)
     cron = parse_cron(body.cron)
