@@ -284,16 +284,14 @@ local function check_dependencies(id, tenant, deps)
     return open
 end
 
--- Wait for the open dependencies, or start (now or at the job's start time).
-local function enqueue(id, tenant, open, now, due)
+-- Wait for the open dependencies, or start (now or at the job's start time, its run_at).
+local function enqueue(id, open, now)
     if #open > 0 then
         redis.call('HSET', job_key(id), 'pending', #open)
         for _, dep in ipairs(open) do redis.call('SADD', P .. ':dependents:' .. dep, id) end
         redis.call('ZADD', P .. ':blocked', now, id)
-    elseif due > now then
-        redis.call('ZADD', P .. ':delayed', due, id)
     else
-        push_ready(id, false)
+        release(id, now)
     end
 end
 
@@ -322,7 +320,7 @@ local function create_job(id, tenant, priority, delay, run_at, idem, request, ca
         'deps', deps_json, 'pending', 0)
     move_index(id, tenant, false, 'queued', now)
     record(id, now, 'submitted', {priority = priority, waiting_for = #open})
-    enqueue(id, tenant, open, now, due)
+    enqueue(id, open, now)
     return {id, 1}
 end
 """
@@ -488,7 +486,7 @@ if idem and idem ~= '' then redis.call('PERSIST', idem) end
 redis.call('ZREM', P .. ':callbacks', id)
 move_index(id, owner, status, 'queued', created)
 record(id, now, 'retried', {waiting_for = #open})
-enqueue(id, owner, open, now, now)
+enqueue(id, open, now)
 return {'queued'}
 """
 
