@@ -1,13 +1,13 @@
 """Several variants of one source from one decode: responsive sets, job variant lists.
 
 :func:`imgsrv.transform.transform` decodes the source for every output. A :class:`VariantSet`
-reads the header once and decodes the pixels once, with shrink-on-load to the largest size
-that any of its variants needs, keeps that image in memory and derives every variant from it:
-scaled down with the same resampler as the resize step, then through the same steps and
-encoder as a single transform. Every output has exactly the dimensions and format the single
-transform gives (the plan is the same); the pixels of a variant smaller than the base differ
-from it only by resampling once more from a larger image (the largest variant, whose size is
-the base's, is the same bytes).
+reads the header once and decodes the pixels once, exactly as the single transform decodes
+them for the largest of its variants (shrink-on-load included), turns them upright and into
+sRGB, keeps that image in memory and derives every variant from it: scaled with the resize
+step's resampler, then through the same steps and encoder as a single transform. Every output
+has exactly the dimensions and format the single transform gives (the plan is the same); the
+largest variant is the same bytes, and a smaller one is resampled from that larger decode
+rather than from the loader's own shrink of the source.
 
 Variants that need the full-resolution source (a crop rectangle, trim) or keep an animation
 are rendered by the single transform from the same bytes: one download, their own decode.
@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import Any
-
-import pyvips
 
 from imgsrv.errors import ImgsrvError
 from imgsrv.spec import TransformSpec
+from imgsrv.transform.colour import to_srgb
 from imgsrv.transform.header import SourceHeader, check_decodable, check_source_limits, read_header
-from imgsrv.transform.load import FAIL_ON, can_shrink_on_load
+from imgsrv.transform.load import can_shrink_on_load, decode
 from imgsrv.transform.negotiate_format import choose_output_format, keeps_animation
 from imgsrv.transform.options import TransformOptions
+from imgsrv.transform.orient import auto_orient
 from imgsrv.transform.pipeline import STEPS, transform
 from imgsrv.transform.resize import make_plan, scale_frame
 from imgsrv.transform.results import Rendered
@@ -57,7 +56,6 @@ class VariantSet:
         self._lock = threading.Lock()
         self._header: SourceHeader | None = None
         self._base: VImage | None = None
-        self._colour_managed = False
 
     def render(self, spec: TransformSpec) -> Rendered:
         """Render one variant (any spec of this source; those given at creation share best).
@@ -72,7 +70,7 @@ class VariantSet:
             check_decodable(header)
             check_source_limits(header, False, self.options)
             plan = make_plan(header.width, header.height, 1, spec, self.options)
-            base = self._decode_base(header)
+            base = self._decode_base(header, spec)
             if (int(base.width), int(base.height)) == (plan.width, plan.height):
                 image = base
             else:
@@ -85,7 +83,7 @@ class VariantSet:
                 page_height=int(image.height),
                 region=(0, 0, header.width, header.height),
                 oriented=True,
-                colour_managed=self._colour_managed,
+                colour_managed=True,
                 plan=plan,
                 random_access=True,  # derived from an image in memory
             )
@@ -103,10 +101,9 @@ class VariantSet:
                 self._header = read_header(self.data, self.options)
             return self._header
 
-    def base_size(self, header: SourceHeader) -> tuple[int, int]:
-        """The size to decode at: the source scaled by the largest scale any shared variant
-        needs (never above the source's own size)."""
-        scale = 0.0
+    def largest(self, header: SourceHeader) -> TransformSpec | None:
+        """The shared variant that needs the most pixels of the source (None: none shared)."""
+        chosen, most = None, 0.0
         for spec in self.specs:
             if not self._shares(spec, header):
                 continue
@@ -114,28 +111,22 @@ class VariantSet:
                 plan = make_plan(header.width, header.height, 1, spec, self.options)
             except ImgsrvError:
                 continue  # refused when it is rendered
-            scale = max(scale, plan.width / header.width, plan.height / header.height)
-        if scale <= 0 or scale >= 1:
-            return header.width, header.height
-        return max(1, round(header.width * scale)), max(1, round(header.height * scale))
+            scale = max(plan.width / header.width, plan.height / header.height)
+            if chosen is None or scale > most:
+                chosen, most = spec, scale
+        return chosen
 
-    def _decode_base(self, header: SourceHeader) -> VImage:
+    def _decode_base(self, header: SourceHeader, fallback: TransformSpec) -> VImage:
+        """The source decoded as the single transform decodes it for the largest variant
+        (shrink-on-load included), upright and in sRGB, in memory."""
         with self._lock:
             if self._base is None:
-                width, height = self.base_size(header)
-                colour: dict[str, Any] = {}
-                if header.icc_profile or header.cmyk:
-                    colour["output_profile"] = "srgb"
-                image = pyvips.Image.thumbnail_buffer(
-                    self.data,
-                    width,
-                    height=height,
-                    size="force",
-                    option_string=f"fail_on={FAIL_ON}",
-                    **colour,
-                )
+                largest = self.largest(header) or fallback
+                output_format = choose_output_format(largest, header, self.accepted)
+                state = decode(self.data, header, largest, output_format, False, self.options)
+                auto_orient(state, largest, self.options)
+                to_srgb(state, largest, self.options)
                 # In memory: every variant reads it, in any order, from any thread.
-                self._base = image.copy_memory()
-                self._colour_managed = bool(colour)
+                self._base = state.image.copy_memory()
                 self.decodes += 1
             return self._base
