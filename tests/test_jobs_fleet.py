@@ -204,3 +204,16 @@ def test_a_killed_worker_is_shown_offline_and_its_job_is_taken_back(
             lambda: fleet.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded",
             timeout=20, interval=0.1, what="another worker to finish the job",
         )  # fmt: skip
+
+
+def test_every_key_of_the_job_system_is_in_the_queues_hash_slot(fleet: Fleet) -> None:
+    # After jobs, schedules, registry records, dependencies, timelines and pauses were written
+    # by real processes: Redis Cluster must be able to run every script on one shard.
+    from redis.crc import key_slot
+
+    httpx.post(fleet.instances[0].url + "/v1/queues/low/pause", headers=ADMIN, timeout=10)
+    httpx.post(fleet.instances[0].url + "/v1/queues/low/resume", headers=ADMIN, timeout=10)
+    keys = [key for key in fleet.store.scan_iter() if b":v1:{" not in key]  # L2 keys aside
+    kinds = {key.split(b":")[3] for key in keys}
+    assert {b"job", b"timeline", b"workers", b"worker", b"schedules", b"schedule"} <= kinds
+    assert {key_slot(key) for key in keys} == {key_slot(PREFIX.encode())}
