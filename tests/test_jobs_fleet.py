@@ -198,6 +198,8 @@ def test_a_killed_worker_is_shown_offline_and_its_job_is_taken_back(
         return job if job["status"] == "queued" else None
 
     job = wait_for(requeued, timeout=15, interval=0.1, what="the job taken back")
+    started = next(e for e in job["timeline"] if e["event"] == "started")
+    assert started["worker"] == f"{record['id']}:0"  # the registry id and the slot
     assert job["attempts"] == 1 and "lease expired" in [e["event"] for e in job["timeline"]]
     with WorkerProcess(fleet.worker.env, ("--concurrency", "1")):
         wait_for(

@@ -84,13 +84,19 @@ class JobWorker:
     """Runs queued jobs in ``concurrency`` slots of this process."""
 
     def __init__(
-        self, runtime: Runtime, queue: JobQueue, config: JobConfig, concurrency: int
+        self,
+        runtime: Runtime,
+        queue: JobQueue,
+        config: JobConfig,
+        concurrency: int,
+        name: str = "",
     ) -> None:
         self.runtime = runtime
         self.queue = queue
         self.config = config
         self.concurrency = concurrency
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        # The registry id of the process; a job's ``worker`` is this name and the slot number.
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.limits = spec_limits(runtime.settings)
         self.callbacks = CallbackSender(queue, config, runtime.settings)
         self._stopping = asyncio.Event()
@@ -423,8 +429,8 @@ async def serve_jobs(runtime: Runtime, config: JobConfig) -> AsyncIterator[JobSe
         return
     services = JobServices.on(JobQueue(runtime.redis, config), config.max_schedules)
     slots = runtime.settings.job_workers
-    worker = JobWorker(runtime, services.queue, config, slots) if slots > 0 else None
     info = WorkerInfo.of_this_process("server", max(slots, 0), config.registry_heartbeat)
+    worker = JobWorker(runtime, services.queue, config, slots, info.id) if slots > 0 else None
     duties = ProcessDuties(services, info, worker.current_jobs if worker else list)
     tasks = [asyncio.create_task(duties.run())]
     if worker is not None:
@@ -460,8 +466,8 @@ async def run_worker(settings: Settings, concurrency: int) -> None:
     async with open_runtime(settings) as runtime:
         assert runtime.redis is not None
         services = JobServices.on(JobQueue(runtime.redis, config), config.max_schedules)
-        worker = JobWorker(runtime, services.queue, config, concurrency)
         info = WorkerInfo.of_this_process("worker", concurrency, config.registry_heartbeat)
+        worker = JobWorker(runtime, services.queue, config, concurrency, info.id)
         duties = ProcessDuties(services, info, worker.current_jobs)
         duties_task = asyncio.create_task(duties.run())
         stop = asyncio.Event()
