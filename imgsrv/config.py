@@ -115,6 +115,10 @@ class Settings:
     job_callback_secret: str = ""  # hex; empty = each tenant's API key
     job_callback_timeout: float = 10.0
     job_callback_attempts: int = 5
+    job_merge_window: float = 0.05  # seconds a claimed job waits for others of its source
+    job_max_schedules: int = 100  # cron schedules per tenant
+    worker_heartbeat: float = 5.0  # registry heartbeat; offline after 3 missed
+    dashboard_refresh: float = 5.0  # seconds between the dashboard's own updates
     worker_metrics_port: int = 0  # `imgsrv worker` serves /metrics here; 0 = not at all
 
     # --- egress budget (image bytes served per month, counted in Redis)

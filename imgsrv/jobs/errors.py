@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from imgsrv.errors import Forbidden, ImgsrvError, NamedBadRequest, NotFound, TooLarge, Unauthorized
+from imgsrv.errors import (
+    Conflict,
+    Forbidden,
+    ImgsrvError,
+    NamedBadRequest,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+)
 
 
 class InvalidJob(NamedBadRequest):
@@ -35,6 +43,42 @@ class JobNotFound(NotFound):
 
     title = "Job not found"
     slug = "job-not-found"
+
+
+class JobConflict(Conflict):
+    """The job is not in a state the action applies to (retry of a running job, say)."""
+
+    title = "Job conflict"
+    slug = "job-conflict"
+
+
+class ScheduleNotFound(NotFound):
+    title = "Schedule not found"
+    slug = "schedule-not-found"
+
+
+class WorkerNotFound(NotFound):
+    title = "Worker not found"
+    slug = "worker-not-found"
+
+
+class TooManySchedules(Conflict):
+    title = "Too many schedules"
+    slug = "too-many-schedules"
+
+
+class AdminKeyRequired(Unauthorized):
+    """The admin API needs ``Authorization: Bearer <admin key>``."""
+
+    title = "Admin key required"
+    slug = "admin-key-required"
+
+
+class AdminDisabled(Forbidden):
+    """No admin key is configured, so the admin API is off."""
+
+    title = "Admin API disabled"
+    slug = "admin-disabled"
 
 
 class RequestTooLarge(TooLarge):
