@@ -9,7 +9,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgsrv import metrics
+from imgsrv.clients import request_address
 from imgsrv.logs import log_fields
+from imgsrv.sources.addresses import IPNetwork
 
 log = logging.getLogger("imgsrv.access")
 
@@ -55,9 +57,12 @@ class _RequestMetrics:
 class AccessLogMiddleware:
     """Logs one JSON line per HTTP request and records request metrics."""
 
-    def __init__(self, app: ASGIApp, enabled: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, enabled: bool = True, trusted_proxies: tuple[IPNetwork, ...] = ()
+    ) -> None:
         self.app = app
         self.enabled = enabled
+        self.trusted_proxies = trusted_proxies
         self._metrics = _RequestMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -86,7 +91,6 @@ class AccessLogMiddleware:
             elapsed = time.perf_counter() - started
             self._metrics.record(route_name(scope["path"]), status, elapsed)
             if self.enabled:
-                client = scope.get("client")
                 fields = {
                     "method": scope["method"],
                     "path": scope["path"],
@@ -95,6 +99,16 @@ class AccessLogMiddleware:
                     "bytes": sent,
                     "ms": round(elapsed * 1000, 2),
                     "cache": cache,
-                    "client": client[0] if client else None,
+                    "client": self._client(scope),
                 }
                 log_fields(log, "request", fields)
+
+    def _client(self, scope: Scope) -> str | None:
+        peer = scope.get("client")
+        if peer is None:
+            return None
+        if not self.trusted_proxies:
+            return str(peer[0])
+        forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        address = request_address(peer[0], forwarded, self.trusted_proxies)
+        return str(address) if address is not None else str(peer[0])

@@ -98,7 +98,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(AccessLogMiddleware, enabled=settings.access_log),
+            Middleware(
+                AccessLogMiddleware,
+                enabled=settings.access_log,
+                trusted_proxies=settings.trusted_proxy_networks,
+            ),
             Middleware(images.ImageRequests, routed_paths=[route.path for route in routes]),
         ],
         exception_handlers={
@@ -111,6 +115,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.url_parser = UrlParser(settings)
+    app.state.trusted_proxies = settings.trusted_proxy_networks
     app.state.renderer = None
     app.state.job_config = job_config
     app.state.jobs = None

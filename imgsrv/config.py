@@ -45,6 +45,7 @@ class Settings:
     local_root: str = ""  # empty = the sample images shipped with imgsrv
     allowed_source_hosts: tuple[str, ...] = ()
     allow_source_networks: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
     max_source_bytes: int = 32 * 1024 * 1024
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
@@ -76,8 +77,9 @@ class Settings:
     # --- concurrency
     transform_threads: int = 0  # 0 = number of CPUs
     max_queue: int = 0  # transforms waiting for a thread before 503; 0 = 64 per thread
-    max_queue_wait: float = 2.0  # 503 when a new transform would wait longer (seconds)
+    max_queue_wait: float = 10.0  # 503 when a new transform would wait longer (seconds)
     retry_after: int = 1
+    refusal_delay: float = 1.0  # seconds a 503 refusal is held before it is sent
     vips_concurrency: int = 1
     transform_nice: int = 5  # transform threads this much nicer than the event loop
     malloc_arena_max: int = 2  # glibc malloc arenas per process; 0 = glibc's default
@@ -146,6 +148,10 @@ class Settings:
     @property
     def allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(n, strict=False) for n in self.allow_source_networks)
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)
 
     @property
     def cpu_count(self) -> int:
@@ -324,6 +330,10 @@ def _check(s: Settings) -> None:
         s.allowed_networks  # noqa: B018
     except ValueError as exc:
         raise ConfigError(f"allow_source_networks: {exc}") from None
+    try:
+        s.trusted_proxy_networks  # noqa: B018
+    except ValueError as exc:
+        raise ConfigError(f"trusted_proxies: {exc}") from None
     for name in ("jpeg_quality", "webp_quality", "avif_quality"):
         if not 1 <= getattr(s, name) <= 100:
             raise ConfigError(f"{name} must be within 1..100")

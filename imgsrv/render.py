@@ -31,7 +31,7 @@ from imgsrv.cache.l2 import L2Cache
 from imgsrv.cache.recent import RecentSources
 from imgsrv.egress import SaverMode
 from imgsrv.errors import ImgsrvError
-from imgsrv.pool import Admission, TransformPool
+from imgsrv.pool import BACKGROUND, Admission, TransformPool
 from imgsrv.sources import SourceBytes, SourceFetcher
 from imgsrv.spec import TransformSpec
 from imgsrv.transform import (
@@ -140,11 +140,15 @@ class Renderer:
         accepted: frozenset[str] = frozenset(),
         *,
         background: bool = False,
+        client: Callable[[], str] | None = None,
     ) -> RenderResult:
         """The image for ``spec``; ``accepted`` (from Accept) only matters for ``f:auto``.
 
-        ``background`` renders (jobs pre-rendering variants for later) bypass L1, so they do
-        not push hot images out of memory, and leave part of the pool's queue to requests.
+        ``client()`` (see :mod:`imgsrv.clients`) names whose turn a transform waits for in
+        the pool; it is only called when the request needs a place there. ``background``
+        renders (jobs pre-rendering variants for later) bypass L1, so they do not push hot
+        images out of memory, leave part of the pool's queue to requests and take their
+        turns as one client of their own.
         """
         if spec.format != "auto":
             accepted = frozenset()
@@ -169,7 +173,7 @@ class Renderer:
             # the limit it is refused at once (a refusal that first waited for Redis would
             # queue behind the work the server cannot keep up with), and places cannot be
             # promised twice to requests that are still asking Redis.
-            admission = self.pool.admit()
+            admission = self.pool.admit(client() if client is not None else "")
             leads = False
 
             def lead() -> Awaitable[RenderResult]:
@@ -210,7 +214,7 @@ class Renderer:
             entry = await self._l2_get(key, spec, use_l1)
             if entry is not None:
                 return RenderResult(entry, "l2", {"cache": _ms_since(started)})
-            self.pool.check_capacity(miss.reserve)
+            self.pool.check_capacity(BACKGROUND, miss.reserve)
         # One round trip: the entry, else the render lock.
         found = await self.l2.lookup(key, spec.source, spec.ttl, self.tuning.lock_ttl_ms)
         if miss.admission is not None or found.entry is not None:
@@ -313,9 +317,10 @@ class Renderer:
             metrics.L1_BYTES.set(self.l1.bytes_in_use)
         self.recent.drop(source)
 
-    def check_capacity(self) -> None:
-        """Raise Overloaded now if a request that is not in memory would be refused."""
-        self.pool.check_capacity()
+    def check_capacity(self, client: str = "") -> None:
+        """Raise Overloaded now if a request of ``client`` that is not in memory would be
+        refused."""
+        self.pool.check_capacity(client)
 
     def expire_memory(self) -> int:
         """Drop recent downloads past their time; returns how many were dropped."""
@@ -327,7 +332,7 @@ class Renderer:
         """A pool place (``admission``, else a new one or Overloaded at once), then the source;
         the place is kept for it."""
         if admission is None:
-            admission = self.pool.admit(reserve)
+            admission = self.pool.admit(BACKGROUND if reserve else "", reserve)
         try:
             fetched, fetch_ms = await self._fetch(source)
         except BaseException:
@@ -402,7 +407,7 @@ class VariantSetRender:
     async def _render_and_store(self, miss: _Miss, lock_token: str | None) -> RenderResult:
         renderer, key, spec = self.renderer, miss.key, miss.spec
         variants, fetch_ms = await self._variant_set()
-        admission = renderer.pool.admit(renderer.tuning.background_reserve)
+        admission = renderer.pool.admit(BACKGROUND, renderer.tuning.background_reserve)
         started = time.perf_counter()
         try:
             image = await renderer.pool.run_admitted(admission, variants.render, spec)

@@ -56,10 +56,16 @@ class ImgsrvUvicornWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worke
     """gunicorn worker running the ASGI app on uvicorn (uvloop and httptools when installed).
 
     uvicorn's own access log is off: the app writes one JSON line per request itself, and a
-    second, unformatted line per request would only cost time.
+    second, unformatted line per request would only cost time. So is its reading of
+    X-Forwarded-For: the app believes it only from the ``trusted_proxies`` (imgsrv.clients).
     """
 
-    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "auto", "http": "auto", "access_log": False}
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        "loop": "auto",
+        "http": "auto",
+        "access_log": False,
+        "proxy_headers": False,
+    }
 
 
 # --------------------------------------------------------------------------- running
@@ -85,6 +91,7 @@ def run_uvicorn(settings: Settings) -> None:
         log_config=logging_config(settings.log_level),
         log_level=settings.log_level,
         access_log=False,
+        proxy_headers=False,
         timeout_keep_alive=KEEPALIVE_SECONDS,
         timeout_graceful_shutdown=GRACEFUL_TIMEOUT_SECONDS,
     )

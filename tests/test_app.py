@@ -207,7 +207,7 @@ def test_ops_endpoints(client: TestClient) -> None:
 
 
 def test_overload_sheds_with_503_and_retry_after_fast(corpus_dir: Path) -> None:
-    settings = corpus_settings(transform_threads=1, max_queue=1, retry_after=2)
+    settings = corpus_settings(transform_threads=1, max_queue=1, retry_after=2, refusal_delay=0)
     # Deliberately slow transforms (a big blur on a large image), all different so that
     # nothing is coalesced or cached.
     urls = [f"/_/bl:{40 + i}/el:1/w:3000/plain/{LANDSCAPE}" for i in range(8)]
@@ -223,7 +223,7 @@ def test_overload_sheds_with_503_and_retry_after_fast(corpus_dir: Path) -> None:
         shed = [r for r in responses if r.status_code == 503]
         assert shed, statuses
         for r in shed:
-            assert r.headers["retry-after"] == "2"
+            assert r.headers["retry-after"] in ("2", "3")  # at least 2, spread at random
             assert r.headers["content-type"] == "application/problem+json"
             assert r.elapsed.total_seconds() < 0.5
         assert set(statuses) <= {200, 503}
@@ -279,7 +279,10 @@ def test_sheds_at_once_while_admitted_requests_are_still_downloading(
     corpus_dir: Path, origin: Origin
 ) -> None:
     settings = corpus_settings(
-        transform_threads=1, max_queue=1, allow_source_networks=("127.0.0.0/8",)
+        transform_threads=1,
+        max_queue=1,
+        allow_source_networks=("127.0.0.0/8",),
+        refusal_delay=0,  # the refusals' own timing, not a held answer
     )
     # every source takes a second to answer: admitted requests hold their place meanwhile
     urls = [

@@ -242,7 +242,7 @@ def test_purge_drops_every_variant_of_a_source_everywhere(
 def test_while_overloaded_memory_hits_are_served_and_new_urls_refused_before_redis(
     redis_server: RedisProcess, origin: Origin
 ) -> None:
-    settings = cache_settings(redis_server.url, transform_threads=1, max_queue=1)
+    settings = cache_settings(redis_server.url, transform_threads=1, max_queue=1, refusal_delay=0)
     client = redis_sync.Redis.from_url(redis_server.url)
     cached = image_url(origin, "w:40")
     slow = [

@@ -114,6 +114,7 @@ def non_default_env_value(name: str) -> tuple[str, Any]:
         "signing_key": ("00ff", "00ff"),
         "signing_salt": ("a1b2", "a1b2"),
         "allow_source_networks": ("10.0.0.0/8, 192.168.0.0/16", ("10.0.0.0/8", "192.168.0.0/16")),
+        "trusted_proxies": ("10.0.0.0/8, ::1/128", ("10.0.0.0/8", "::1/128")),
         "log_level": ("debug", "debug"),
         "host": ("0.0.0.0", "0.0.0.0"),
         "local_root": (str(REPO), str(REPO)),

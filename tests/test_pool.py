@@ -1,4 +1,4 @@
-"""TransformPool admission: bounded concurrency, arrival order, instant 503 past the queue."""
+"""TransformPool admission: bounded concurrency, turns by client, instant 503 past the budget."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import pytest
 
 from imgsrv.errors import Overloaded
-from imgsrv.pool import TransformPool
+from imgsrv.pool import BACKGROUND, TransformPool
 
 
 async def test_runs_on_threads_off_the_event_loop() -> None:
@@ -47,7 +47,8 @@ async def test_refuses_instantly_past_threads_plus_queue_and_recovers() -> None:
     with pytest.raises(Overloaded) as info:
         await pool.run(time.sleep, 0)
     assert time.perf_counter() - started < 0.05
-    assert info.value.retry_after == 3 and info.value.status == 503
+    # At least the configured value, spread at random (see test_retry_after_is_spread_out).
+    assert 3 <= info.value.retry_after <= 5 and info.value.status == 503
     with pytest.raises(Overloaded):
         pool.check_capacity()
     gate.set()
@@ -153,4 +154,109 @@ async def test_an_admission_holds_its_place_until_its_work_ends() -> None:
     assert pool.admitted == 1
     assert await pool.run_admitted(first, sum, [2, 3]) == 5
     assert pool.admitted == 0 and pool.completed == 2
+    pool.shutdown()
+
+
+async def _hold_the_thread(pool: TransformPool) -> tuple[threading.Event, asyncio.Task[bool]]:
+    gate = threading.Event()
+    task = asyncio.create_task(pool.run(gate.wait, 5, client="holder"))
+    await asyncio.sleep(0.02)
+    return gate, task
+
+
+async def test_waiting_transforms_of_two_clients_start_alternately() -> None:
+    pool = TransformPool(threads=1, max_queue=50)
+    gate, holder = await _hold_the_thread(pool)
+    order: list[str] = []
+    flood = [asyncio.create_task(pool.run(order.append, f"a{i}", client="a")) for i in range(6)]
+    await asyncio.sleep(0.01)
+    late = [asyncio.create_task(pool.run(order.append, f"b{i}", client="b")) for i in range(3)]
+    await asyncio.sleep(0.01)
+    assert pool.waiting_by_client() == {"a": 6, "b": 3}
+    gate.set()
+    await asyncio.gather(holder, *flood, *late)
+    # b's first request waited one turn of a, not a's whole backlog
+    assert order == ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "a4", "a5"]
+    assert pool.waiting_by_client() == {}
+    pool.shutdown()
+
+
+async def test_background_work_takes_turns_as_one_client() -> None:
+    pool = TransformPool(threads=1, max_queue=50)
+    gate, holder = await _hold_the_thread(pool)
+    order: list[str] = []
+    jobs = [asyncio.create_task(pool.run(order.append, f"job{i}", client=BACKGROUND))
+            for i in range(3)]  # fmt: skip
+    await asyncio.sleep(0.01)
+    requests = [asyncio.create_task(pool.run(order.append, f"{c}{i}", client=c))
+                for c in ("x", "y") for i in range(2)]  # fmt: skip
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(holder, *jobs, *requests)
+    assert order == ["job0", "x0", "y0", "job1", "x1", "y1", "job2"]
+    pool.shutdown()
+
+
+async def test_expected_wait_counts_others_only_up_to_this_clients_turns() -> None:
+    pool = TransformPool(threads=1, max_queue=100, max_wait=10, warmup=1)
+    await pool.run(time.sleep, 0.1)
+    mean = pool.mean_seconds
+    places = [pool.admit("a") for _ in range(5)] + [pool.admit("b")]
+    # a new one of c starts after one of a, b's one, and itself: 3 places, 1 thread
+    assert pool.expected_wait("c") == pytest.approx(2 * mean)
+    # a new one of b: after two of a, two of b (its earlier one and itself)
+    assert pool.expected_wait("b") == pytest.approx(3 * mean)
+    # a new one of a: after all five of a, b's one, and itself
+    assert pool.expected_wait("a") == pytest.approx(6 * mean)
+    for place in places:
+        place.release()
+    assert pool.expected_wait("a") == 0
+    pool.shutdown()
+
+
+async def test_a_flooding_client_is_refused_while_others_are_admitted() -> None:
+    pool = TransformPool(threads=1, max_queue=100, retry_after=1, max_wait=0.35, warmup=1)
+    await pool.run(time.sleep, 0.1)  # a transform takes ~0.1 s
+    gate, holder = await _hold_the_thread(pool)
+    flood = [asyncio.create_task(pool.run(gate.wait, 5, client="a")) for _ in range(3)]
+    await asyncio.sleep(0.02)
+    assert pool.waiting_by_client() == {"a": 3}
+    with pytest.raises(Overloaded):
+        pool.check_capacity("a")  # after the running one and its own 3: ~0.4 s
+    pool.check_capacity("b")  # after the running one and one turn of a: ~0.2 s
+    other = asyncio.create_task(pool.run(sum, [1, 1], client="b"))
+    gate.set()
+    await asyncio.gather(holder, *flood)
+    assert await other == 2
+    pool.shutdown()
+
+
+async def test_retry_after_is_spread_out() -> None:
+    pool = TransformPool(threads=1, max_queue=0, retry_after=2, max_wait=10)
+    gate, holder = await _hold_the_thread(pool)
+    seen = set()
+    for _ in range(200):
+        with pytest.raises(Overloaded) as info:
+            pool.check_capacity("x")
+        seen.add(info.value.retry_after)
+    assert min(seen) == 2 and 3 in seen and max(seen) <= 3
+    gate.set()
+    await holder
+    pool.shutdown()
+
+
+async def test_a_queued_transform_whose_caller_went_away_never_runs() -> None:
+    pool = TransformPool(threads=1, max_queue=5)
+    gate, holder = await _hold_the_thread(pool)
+    ran: list[int] = []
+    queued = asyncio.create_task(pool.run(ran.append, 1, client="a"))
+    await asyncio.sleep(0.01)
+    assert pool.admitted == 2
+    queued.cancel()
+    await asyncio.sleep(0.01)
+    assert pool.admitted == 1 and pool.waiting_by_client() == {}
+    gate.set()
+    await holder
+    await asyncio.sleep(0.02)
+    assert ran == [] and pool.admitted == 0
     pool.shutdown()

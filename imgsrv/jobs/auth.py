@@ -74,7 +74,14 @@ def bearer_tenant(keys: ApiKeys, headers: Iterable[tuple[bytes, bytes]]) -> str 
         return None
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            token = token.strip()
-            return keys.tenant(token) if scheme.lower() == "bearer" and token else None
+            return authorization_tenant(keys, value)
     return None
+
+
+def authorization_tenant(keys: ApiKeys, value: bytes) -> str | None:
+    """The tenant of an ``Authorization`` header's value when it is a valid bearer key."""
+    if not keys or not value:
+        return None
+    scheme, _, token = value.decode("latin-1").partition(" ")
+    token = token.strip()
+    return keys.tenant(token) if scheme.lower() == "bearer" and token else None

@@ -10,8 +10,9 @@ router.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 from starlette.datastructures import State
@@ -20,17 +21,22 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imgsrv.balance import WorkerLoad, this_worker
+from imgsrv.clients import client_address, client_key
 from imgsrv.config import Settings
 from imgsrv.egress import ANONYMOUS, EgressMeter
-from imgsrv.errors import ImgsrvError
-from imgsrv.jobs.auth import ApiKeys, bearer_tenant
+from imgsrv.errors import ImgsrvError, Overloaded
+from imgsrv.jobs.auth import ApiKeys, authorization_tenant
 from imgsrv.negotiation import accepted_formats
 from imgsrv.render import Renderer, RenderResult
-from imgsrv.routes.problems import error_response
+from imgsrv.routes.problems import PROBLEM_TYPE
+from imgsrv.sources.addresses import IPNetwork
 from imgsrv.urls import ParsedUrl, UrlParser
 
 QUERY_FORM_PATH = "/img"
 IMAGE_METHODS = frozenset({"GET", "HEAD"})
+# Refusals held back at once per process (see the refusal_delay setting); past it they are
+# sent at once, so that a flood of clients cannot pile up held connections without bound.
+MAX_HELD_REFUSALS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,7 @@ class ImageResponse:
     headers: list[tuple[bytes, bytes]]
     body: bytes = b""
     result: RenderResult | None = None  # the image a 200 sends, for the egress count
+    tenant: str | None = None  # the API key's tenant, if the request presented a valid one
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
@@ -49,6 +56,9 @@ class ImageResponse:
 
 class ImageEndpoint:
     """The ASGI endpoint of image URLs: problem+json for every error the request can cause."""
+
+    def __init__(self) -> None:
+        self.held_refusals = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         load = this_worker()
@@ -66,28 +76,56 @@ class ImageEndpoint:
     ) -> None:
         state: State = scope["app"].state
         settings: Settings = state.settings
-        response: ImageResponse | Response
+        response: ImageResponse
         try:
-            response = await image_response(scope, state.url_parser, state.renderer, settings)
+            response = await image_response(scope, state)
         except ImgsrvError as exc:
-            response = error_response(exc, scope["path"], settings.error_cache_control)
+            if isinstance(exc, Overloaded):
+                await self._hold(settings.refusal_delay)
+            response = problem(exc, scope["path"], settings.error_cache_control)
         else:
             if response.result is not None and scope["method"] == "GET":
-                _count_egress(state, scope, response.result)
+                _count_egress(state, response.result, response.tenant)
             if load is not None and load.should_close():
                 # This worker holds more than its share of the requests: let the client
                 # reconnect, most likely to a less busy worker (see imgsrv.balance).
                 response.headers.append((b"connection", b"close"))
         await response(scope, receive, send)
 
+    async def _hold(self, delay: float) -> None:
+        """Hold a refusal back for ``delay`` seconds (no CPU meanwhile): a client that asks
+        again at once, ignoring Retry-After, then costs one refusal per ``delay``."""
+        if delay <= 0 or self.held_refusals >= MAX_HELD_REFUSALS:
+            return
+        self.held_refusals += 1
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self.held_refusals -= 1
+
 
 image_endpoint = ImageEndpoint()
 
 
-def _count_egress(state: State, scope: Scope, result: RenderResult) -> None:
+def problem(exc: ImgsrvError, path: str, cache_control: str) -> ImageResponse:
+    """The problem+json answer to ``exc`` for an image request (as :func:`error_response`
+    does for other routes, without a Response object: refusals under overload stay cheap)."""
+    body = exc.problem()
+    body["instance"] = path
+    data = orjson.dumps(body)
+    headers = [
+        (b"content-type", PROBLEM_TYPE.encode()),
+        (b"content-length", b"%d" % len(data)),
+        (b"cache-control", cache_control.encode()),
+    ]
+    if isinstance(exc, Overloaded):
+        headers.append((b"retry-after", b"%d" % exc.retry_after))
+    return ImageResponse(exc.status, headers, data)
+
+
+def _count_egress(state: State, result: RenderResult, tenant: str | None) -> None:
     """Count the body about to be sent towards the month's egress (HEAD sends none)."""
-    keys: ApiKeys = state.job_config.keys
-    tenant = bearer_tenant(keys, scope["headers"]) or ANONYMOUS
+    tenant = tenant or ANONYMOUS
     entry = result.entry
     egress: EgressMeter = state.egress
     transform_ms = result.timings.get("transform", 0.0)
@@ -130,41 +168,85 @@ class ImageRequests:
             await self.app(scope, receive, send)
 
 
-async def image_response(
-    scope: Scope, parser: UrlParser, renderer: Renderer, settings: Settings
-) -> ImageResponse:
+@dataclass(slots=True)
+class RequestHeaders:
+    """The request headers an image request looks at, read in one pass."""
+
+    accept: bytes = b""
+    if_none_match: bytes = b""
+    authorization: bytes = b""
+    forwarded_for: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, scope: Scope) -> RequestHeaders:
+        found = cls()
+        for name, value in scope["headers"]:
+            if name == b"accept":
+                found.accept = value
+            elif name == b"if-none-match":
+                found.if_none_match = value
+            elif name == b"authorization":
+                found.authorization = value
+            elif name == b"x-forwarded-for":
+                found.forwarded_for.append(value.decode("latin-1"))
+        return found
+
+
+def request_client(
+    scope: Scope, headers: RequestHeaders, tenant: str | None, trusted: tuple[IPNetwork, ...]
+) -> str:
+    """Whose turn a transform of this request waits for (see :mod:`imgsrv.clients`)."""
+    peer = scope.get("client")
+    address = client_address(peer[0] if peer else None, headers.forwarded_for, trusted)
+    return client_key(tenant, address)
+
+
+async def image_response(scope: Scope, state: State) -> ImageResponse:
     """Parse the image URL of ``scope``, get the image, and build the response (200 or 304)."""
-    parsed = _parse(scope, parser, renderer)
-    accept = b""
-    if_none_match = b""
-    for name, value in scope["headers"]:
-        if name == b"accept":
-            accept = value
-        elif name == b"if-none-match":
-            if_none_match = value
+    settings: Settings = state.settings
+    renderer: Renderer = state.renderer
+    headers = RequestHeaders.of(scope)
+    keys: ApiKeys = state.job_config.keys
+    tenant = authorization_tenant(keys, headers.authorization)
+
+    def client() -> str:  # only asked for when the request needs a place in the pool
+        return request_client(scope, headers, tenant, state.trusted_proxies)
+
+    parsed = _remembered(scope, state.url_parser)
+    if parsed is None:
+        # Any URL not in memory needs the pool, so under overload it is refused before the
+        # cost of parsing it and resolving its source.
+        renderer.check_capacity(client())
+        parsed = _parsed(scope, state.url_parser)
     spec = parsed.spec
-    accepted = accepted_formats(accept.decode("latin-1")) if spec.format == "auto" else frozenset()
-    result = await renderer.render(spec, accepted)
-    headers = _image_headers(result, parsed, settings)
+    accepted = (
+        accepted_formats(headers.accept.decode("latin-1")) if spec.format == "auto" else frozenset()
+    )
+    result = await renderer.render(spec, accepted, client=client)
+    response_headers = _image_headers(result, parsed, settings)
     entry = result.entry
-    if if_none_match and _etag_matches(if_none_match.decode("latin-1"), entry.etag):
-        return ImageResponse(304, headers)
-    headers.append((b"content-type", entry.content_type.encode()))
-    headers.append((b"content-length", b"%d" % len(entry.data)))
-    return ImageResponse(200, headers, entry.data, result)
+    if headers.if_none_match and _etag_matches(headers.if_none_match.decode("latin-1"), entry.etag):
+        return ImageResponse(304, response_headers, tenant=tenant)
+    response_headers.append((b"content-type", entry.content_type.encode()))
+    response_headers.append((b"content-length", b"%d" % len(entry.data)))
+    return ImageResponse(200, response_headers, entry.data, result, tenant)
 
 
-def _parse(scope: Scope, parser: UrlParser, renderer: Renderer) -> ParsedUrl:
+def _raw_target(scope: Scope) -> tuple[bool, bytes]:
     query_form = scope["path"] == QUERY_FORM_PATH
     raw: bytes = (
         scope["query_string"] if query_form else scope.get("raw_path") or scope["path"].encode()
     )
-    parsed = parser.remembered_query(raw) if query_form else parser.remembered_path(raw)
-    if parsed is not None:
-        return parsed
-    # A URL parsed recently may be in memory; any other one needs the pool, so under overload
-    # it is refused before the cost of parsing it and resolving its source.
-    renderer.check_capacity()
+    return query_form, raw
+
+
+def _remembered(scope: Scope, parser: UrlParser) -> ParsedUrl | None:
+    query_form, raw = _raw_target(scope)
+    return parser.remembered_query(raw) if query_form else parser.remembered_path(raw)
+
+
+def _parsed(scope: Scope, parser: UrlParser) -> ParsedUrl:
+    query_form, raw = _raw_target(scope)
     return parser.query(raw) if query_form else parser.path(raw)
 
 
