@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from imgsrv.access import AccessLogMiddleware
 from imgsrv.config import Settings, load_settings
+from imgsrv.drain import Drain, process_drain
 from imgsrv.errors import ImgsrvError
 from imgsrv.jobs.config import JobConfig
 from imgsrv.jobs.errors import ApiKeyRequired
@@ -27,15 +28,23 @@ from imgsrv.runtime import open_runtime
 from imgsrv.urls import UrlParser
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """Build the ASGI app for ``settings`` (default: from the environment)."""
+def create_app(settings: Settings | None = None, drain: Drain | None = None) -> Starlette:
+    """Build the ASGI app for ``settings`` (default: from the environment).
+
+    ``drain`` tells readiness and the job worker when the process starts draining (see
+    :mod:`imgsrv.drain`); the server passes its process's, tests their own.
+    """
     settings = settings or load_settings()
+    drain = drain or Drain()
     configure_logging(settings.log_level)
     job_config = JobConfig.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_runtime(settings) as runtime, serve_jobs(runtime, job_config) as queue:
+        async with (
+            open_runtime(settings) as runtime,
+            serve_jobs(runtime, job_config, drain) as queue,
+        ):
             app.state.runtime = runtime
             app.state.renderer = runtime.renderer
             app.state.job_queue = queue
@@ -77,9 +86,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.renderer = None
     app.state.job_config = job_config
     app.state.job_queue = None
+    app.state.drain = drain
     return app
 
 
 def asgi_app() -> Starlette:
     """Factory for uvicorn (``--factory``) and gunicorn: settings from the environment."""
-    return create_app()
+    return create_app(drain=process_drain())

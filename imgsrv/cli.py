@@ -24,6 +24,7 @@ from imgsrv import serving, urls
 from imgsrv.config import ENV_PREFIX, ConfigError, Settings, load_settings, settings_fields
 from imgsrv.errors import ImgsrvError
 from imgsrv.logs import configure_logging
+from imgsrv.redis_client import check_redis
 
 log = logging.getLogger("imgsrv.cli")
 
@@ -116,6 +117,7 @@ def serve_command(args: argparse.Namespace) -> int:
     }
     settings = load_settings(**overrides)
     configure_logging(settings.log_level)
+    check_redis_at_start(settings)
     # Workers rebuild Settings from the environment: hand the flags over that way.
     os.environ.update({ENV_PREFIX + name.upper(): str(value) for name, value in overrides.items()})
 
@@ -146,12 +148,22 @@ def worker_command(args: argparse.Namespace) -> int:
 
     settings = worker_settings(load_settings())
     configure_logging(settings.log_level)
+    check_redis_at_start(settings)
     # Before any thread exists, so that the libvips threads inherit the lower priority.
     os.nice(min(args.nice, 19))
     # Two jobs per thread: while one waits for its download or Redis, the other transforms.
     concurrency = args.concurrency or 2 * settings.thread_count
     asyncio.run(run_worker(settings, concurrency))
     return 0
+
+
+def check_redis_at_start(settings: Settings) -> None:
+    """A configured Redis must answer now: a wrong URL stops the start with one line naming
+    IMGSRV_REDIS_URL (a ConfigError, exit status 2) instead of a server whose cache and job
+    queue never work. A Redis that goes away later is the circuit breaker's business."""
+    found = check_redis(settings)
+    if found is not None:
+        log.info("redis reachable", extra={"redis": found})
 
 
 # --------------------------------------------------------------------------- sign

@@ -101,7 +101,7 @@ L2_SKIPPED = Counter(
 BREAKER_OPEN = Gauge(
     "imgsrv_redis_breaker_open",
     "1 while the Redis circuit breaker is open",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 COALESCED = Counter(
     "imgsrv_coalesced_total",
@@ -160,4 +160,20 @@ JOB_CALLBACKS = Counter(
     "imgsrv_job_callbacks_total",
     "Callback deliveries (outcome=delivered|retry|failed)",
     ["outcome"],
+)
+JOB_ACCEPT_WAIT = Histogram(
+    "imgsrv_job_accept_duration_seconds",
+    "Time to queue a submitted job and have a replica confirm it (Redis WAIT)",
+    buckets=LATENCY_BUCKETS,
+)
+JOB_ACCEPT_UNCONFIRMED = Counter(
+    "imgsrv_job_accept_unconfirmed_total",
+    "Submissions answered 503 because no replica confirmed them within job_accept_timeout",
+)
+
+# --- instance lifecycle
+DRAINING = Gauge(
+    "imgsrv_draining",
+    "1 while this process drains after a stop signal (readiness 503, still serving)",
+    multiprocess_mode="livemax",
 )

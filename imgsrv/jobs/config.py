@@ -35,6 +35,8 @@ class JobConfig:
     callback_secret: bytes = b""
     callback_timeout: float = 10.0
     callback_attempts: int = 5
+    accept_replicas: int = 1
+    accept_timeout: float = 0.5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobConfig:
@@ -73,6 +75,8 @@ class JobConfig:
             callback_secret=secret,
             callback_timeout=settings.job_callback_timeout,
             callback_attempts=settings.job_callback_attempts,
+            accept_replicas=settings.job_accept_replicas,
+            accept_timeout=settings.job_accept_timeout,
         )
 
     def retry_delay(self, attempt: int) -> float:

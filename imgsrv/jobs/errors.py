@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from imgsrv.errors import Forbidden, ImgsrvError, NamedBadRequest, NotFound, TooLarge, Unauthorized
+from imgsrv.errors import (
+    Forbidden,
+    NamedBadRequest,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
 
 
 class InvalidJob(NamedBadRequest):
@@ -42,10 +49,8 @@ class RequestTooLarge(TooLarge):
     slug = "request-too-large"
 
 
-class QueueUnavailable(ImgsrvError):
-    """Redis, which holds the queue, is not configured or does not answer."""
+class QueueUnavailable(Unavailable):
+    """Redis, which holds the queue, is not configured or does not answer (``Retry-After``)."""
 
-    status = 503
     title = "Job queue unavailable"
     slug = "queue-unavailable"
-    retryable = True

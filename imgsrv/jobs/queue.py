@@ -11,6 +11,11 @@ and a worker whose lease was taken over learns it at its next heartbeat and stop
 ``attempts`` counts claims. An attempt whose worker died counts like a failed one, so a job
 that kills its worker every time fails after ``job_max_attempts`` instead of going round
 forever; a job handed back by a worker that is shutting down gets its attempt back.
+
+A submission is acknowledged (202) only once it is durable: when the master holding the queue
+has replicas, the SUBMIT script and a ``WAIT`` for ``job_accept_replicas`` of them go out
+together (:class:`imgsrv.redis_client.ReplicaWait`), so a failover right after the 202 cannot
+lose the job. Replicas that do not confirm within ``job_accept_timeout`` make it a 503.
 """
 
 from __future__ import annotations
@@ -25,14 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
+from imgsrv import metrics
 from imgsrv.jobs import scripts
 from imgsrv.jobs.config import JobConfig
 from imgsrv.jobs.errors import QueueUnavailable
 from imgsrv.jobs.model import PRIORITIES, STATUSES, Job, JobRequest, JsonObject, Status
+from imgsrv.redis_client import REDIS_ERRORS, RedisClient, ReplicaWait
 
 KEY_VERSION = "v1"
 
@@ -70,7 +75,7 @@ def queue_errors() -> Iterator[None]:
     """Redis failures as QueueUnavailable (503 in the API, a pause in workers)."""
     try:
         yield
-    except (RedisError, OSError, TimeoutError) as exc:
+    except REDIS_ERRORS as exc:
         raise QueueUnavailable(f"the job queue's Redis failed: {type(exc).__name__}") from exc
 
 
@@ -81,9 +86,10 @@ def _flat_to_hash(flat: Sequence[bytes]) -> dict[bytes | str, bytes | str]:
 class JobQueue:
     """The queue of one deployment (one ``redis_prefix``) on one Redis."""
 
-    def __init__(self, redis: Redis, config: JobConfig) -> None:
+    def __init__(self, redis: RedisClient, config: JobConfig) -> None:
         self.redis = redis
         self.config = config
+        self._durable = ReplicaWait(redis, config.accept_replicas, config.accept_timeout)
         # The braces are a Redis Cluster hash tag: every queue key lives in one slot.
         self.prefix = f"{{{config.prefix}:jobs}}:{KEY_VERSION}"
 
@@ -127,9 +133,9 @@ class JobQueue:
         """Queue a job; returns it and whether it is new (False: idempotency key seen)."""
         job_id = new_job_id()
         idem = self.idempotency_key(tenant, request.idempotency_key)
-        reply = await self._run(
-            self._submit,
-            self.job_key(job_id),
+        args: list[str | int | bytes] = [
+            self.prefix,
+            self.config.retention_ms,
             job_id,
             tenant,
             request.priority,
@@ -140,7 +146,19 @@ class JobQueue:
             request.callback_url,
             self.config.max_attempts,
             request.idempotency_key,
-        )
+        ]
+        started = time.perf_counter()
+        with queue_errors():
+            reply, confirmed = await self._durable.run(self._submit, [self.job_key(job_id)], args)
+        if confirmed is not None:
+            metrics.JOB_ACCEPT_WAIT.observe(time.perf_counter() - started)
+            if confirmed < 1:
+                metrics.JOB_ACCEPT_UNCONFIRMED.inc()
+                raise QueueUnavailable(
+                    "no replica of the job queue's Redis confirmed the job within "
+                    f"{self.config.accept_timeout:g} s; it may have been queued: resubmit "
+                    "with the same idempotency_key to get the same job"
+                )
         found_id, created = reply[0].decode(), bool(reply[1])
         job = await self.get(found_id, tenant)
         if job is None:  # expired between the two calls: only possible for an old key

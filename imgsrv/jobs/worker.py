@@ -32,6 +32,7 @@ from typing import TypeVar
 
 from imgsrv import metrics
 from imgsrv.config import ConfigError, Settings
+from imgsrv.drain import Drain
 from imgsrv.errors import ImgsrvError, Overloaded
 from imgsrv.jobs.callbacks import CallbackSender
 from imgsrv.jobs.config import JobConfig
@@ -331,8 +332,13 @@ async def stop_worker(worker: JobWorker, task: asyncio.Task[None]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serve_jobs(runtime: Runtime, config: JobConfig) -> AsyncIterator[JobQueue | None]:
-    """The server's job queue (None without Redis) and, with ``job_workers`` > 0, its worker."""
+async def serve_jobs(
+    runtime: Runtime, config: JobConfig, drain: Drain | None = None
+) -> AsyncIterator[JobQueue | None]:
+    """The server's job queue (None without Redis) and, with ``job_workers`` > 0, its worker.
+
+    The worker stops claiming as soon as the process starts draining.
+    """
     if runtime.redis is None:
         yield None
         return
@@ -342,9 +348,12 @@ async def serve_jobs(runtime: Runtime, config: JobConfig) -> AsyncIterator[JobQu
         return
     worker = JobWorker(runtime, queue, config, runtime.settings.job_workers)
     task = asyncio.create_task(worker.run())
+    unsubscribe = drain.on_drain(worker.stop) if drain is not None else None
     try:
         yield queue
     finally:
+        if unsubscribe is not None:
+            unsubscribe()
         await stop_worker(worker, task)
 
 
