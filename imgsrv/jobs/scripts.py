@@ -22,6 +22,7 @@ Keys (``P`` = the prefix):
 ``P:leases``                    sorted set: running jobs by lease expiry
 ``P:callbacks``                 sorted set: jobs whose callback is due, by due time
 ``P:idem:<tenant>:<digest>``    string: job id of an idempotency key
+``P:submissions``               string: submissions so far (each one writes, see SUBMIT)
 ``P:tenant:<tenant>:<status>``  sorted set: a tenant's jobs in that status, for listing; scored by
                                 creation time while queued/running, by finish time after
 """
@@ -160,6 +161,9 @@ SUBMIT = r"""
 local id, tenant, priority = ARGV[3], ARGV[4], ARGV[5]
 local delay, run_at, idem = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local key = job_key(id)
+-- Every submission writes, so that the WAIT after it (durable acceptance) also covers the
+-- job an idempotent replay names: replicas apply writes in order.
+redis.call('INCR', P .. ':submissions')
 -- A client library may resend a script whose reply it lost: the same id is the same job.
 if redis.call('EXISTS', key) == 1 then return {id, 0} end
 if idem ~= '' then

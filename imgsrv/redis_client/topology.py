@@ -21,8 +21,9 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode
 from redis.commands.core import AsyncScript
-from redis.exceptions import AskError, NoScriptError
+from redis.exceptions import AskError, NoScriptError, SlotNotCoveredError
 
 from imgsrv.redis_client.client import RedisClient
 
@@ -39,6 +40,24 @@ async def open_pubsub(client: RedisClient, attempt: int = 0) -> PubSub:
         nodes = sorted(client.get_nodes(), key=lambda node: node.name)
         return client.pubsub(node=nodes[attempt % len(nodes)])
     return client.pubsub()
+
+
+async def master_of(client: RedisCluster, key: str) -> ClusterNode:
+    """The master serving ``key``'s slot, by the client's slot map.
+
+    A slot missing from the map (it had no master when the map was read) makes the client
+    read the map again, as redis-py does after its own routing errors.
+    """
+    await client.initialize()
+    try:
+        node = client.get_node_from_key(key)
+    except SlotNotCoveredError:
+        await client.aclose()  # the next initialize() reads a fresh slot map
+        await client.initialize()
+        node = client.get_node_from_key(key)  # still unserved: SlotNotCoveredError, a 503
+    if node is None:
+        raise SlotNotCoveredError(f"no master serves the slot of {key!r}")
+    return node
 
 
 def _online_replicas(info: dict[str, Any]) -> int:
@@ -82,12 +101,8 @@ class ReplicaWait:
 
     async def _replicas_of(self, key: str) -> int:
         client = self.client
-        if isinstance(client, RedisCluster):
-            await client.initialize()
-            node = client.get_node_from_key(key)
-            name = node.name if node is not None else ""
-        else:
-            node, name = None, ""
+        node = await master_of(client, key) if isinstance(client, RedisCluster) else None
+        name = node.name if node is not None else ""
         known = self._known.get(name)
         now = time.monotonic()
         if known is not None and now - known[0] < REPLICAS_REFRESH:
@@ -124,9 +139,9 @@ class ReplicaWait:
         wanted: int,
     ) -> tuple[Any, int]:
         for attempt in range(3):
-            node = client.get_node_from_key(keys[0])
+            node = await master_of(client, keys[0])
             pipe = client.pipeline()
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             # The same node as the script's slot: one node's commands share one connection.
             pipe.execute_command("WAIT", wanted, self.timeout_ms, target_nodes=node)
             # No redirections: a redirected script would run on another connection than WAIT.
