@@ -285,6 +285,8 @@ class ClusterDeployment:
             "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
             # A replica may always take over, however long it was cut off from its master.
             "--cluster-replica-validity-factor", "0",
+            # The other masters keep serving while one shard fails over (docs/scaling.md).
+            "--cluster-require-full-coverage", "no",
             "--appendonly", "no",
         ]  # fmt: skip
         self.nodes = [

@@ -36,5 +36,7 @@ async def listen_for_purges(
                         on_purge(data.decode())
         except REDIS_ERRORS as exc:
             log.debug("purge listener reconnecting after %s", type(exc).__name__)
+        except Exception:  # the listener must outlive anything a client library raises
+            log.warning("purge listener failed; reconnecting", exc_info=True)
         attempt += 1
         await asyncio.sleep(retry_after)

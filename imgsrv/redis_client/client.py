@@ -26,27 +26,21 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import (
-    AuthenticationError,
-    RedisClusterException,
-    RedisError,
-    SlotNotCoveredError,
-)
+from redis.exceptions import AuthenticationError, RedisClusterException, RedisError
 
 from imgsrv.config import Settings
+from imgsrv.redis_client.cluster import ImgsrvRedisCluster
 from imgsrv.redis_client.url import RedisTarget, RedisUrlError, parse_redis_url
 
 RedisClient: TypeAlias = Redis | RedisCluster
 
 # Everything a Redis call may raise when the deployment misbehaves. Cluster routing errors
-# do not derive from RedisError, and redis-py's cluster client raises a bare KeyError for a
-# slot that no master serves (measured with redis-py 8.1 and a slot taken away at run time).
+# (an unserved slot) do not derive from RedisError.
 REDIS_ERRORS: tuple[type[Exception], ...] = (
     RedisError,
     RedisClusterException,
     OSError,
     TimeoutError,
-    KeyError,
 )
 
 HEALTH_CHECK_INTERVAL = 30  # seconds idle before a pooled connection is PINGed on reuse
@@ -56,24 +50,6 @@ CLUSTER_SLOTS = 16384
 
 class RedisUnreachable(RedisUrlError):
     """Nothing at ``IMGSRV_REDIS_URL`` answers (yet)."""
-
-
-class ImgsrvRedisCluster(RedisCluster):
-    """redis-py's cluster client, recovering from a slot missing from its slot map.
-
-    redis-py routes a key whose slot was unserved when it last read the map with a bare
-    KeyError, outside its own recovery (which re-reads the map after routing errors), so the
-    slot would stay unusable after a master came back for it. Here such a command fails as
-    SlotNotCoveredError and the next one re-reads the map, as redis-py does for its own
-    routing errors.
-    """
-
-    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().execute_command(*args, **kwargs)
-        except KeyError as exc:
-            await self.aclose()  # the next command initialises again: a fresh slot map
-            raise SlotNotCoveredError(f"no master known for the slot of {args[:2]!r}") from exc
 
 
 def connect_redis(settings: Settings) -> RedisClient | None:

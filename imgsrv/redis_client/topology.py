@@ -77,7 +77,10 @@ class ReplicaWait:
     When the master that takes the write has no online replica (a standalone server, or
     replicas that are down), there is nothing to wait for and the write goes alone: its
     durability is the master's own (append-only file). The count of replicas is read with
-    ``INFO replication`` from that master at most every :data:`REPLICAS_REFRESH` seconds.
+    ``INFO replication`` from that master at most every :data:`REPLICAS_REFRESH` seconds, and
+    again at once when fewer replicas confirmed than expected: after a failover the promoted
+    master has none until the old one rejoins, and the first write after it must not be
+    refused for replicas that no longer exist.
     """
 
     def __init__(self, client: RedisClient, replicas: int, timeout: float) -> None:
@@ -96,16 +99,20 @@ class ReplicaWait:
         if wanted < 1:
             return await script(keys=keys, args=args), None
         if isinstance(self.client, RedisCluster):
-            return await self._run_on_cluster(self.client, script, keys, args, wanted)
-        return await self._run_on_master(self.client, script, keys, args, wanted)
+            reply, acked = await self._run_on_cluster(self.client, script, keys, args, wanted)
+        else:
+            reply, acked = await self._run_on_master(self.client, script, keys, args, wanted)
+        if acked < wanted and await self._replicas_of(keys[0], fresh=True) == 0:
+            return reply, None  # the master has no replica left to wait for
+        return reply, acked
 
-    async def _replicas_of(self, key: str) -> int:
+    async def _replicas_of(self, key: str, fresh: bool = False) -> int:
         client = self.client
         node = await master_of(client, key) if isinstance(client, RedisCluster) else None
         name = node.name if node is not None else ""
         known = self._known.get(name)
         now = time.monotonic()
-        if known is not None and now - known[0] < REPLICAS_REFRESH:
+        if known is not None and now - known[0] < REPLICAS_REFRESH and not fresh:
             return known[1]
         if isinstance(client, RedisCluster):
             info = await client.execute_command("INFO", "replication", target_nodes=node)
