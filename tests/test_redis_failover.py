@@ -264,7 +264,9 @@ def test_cluster_master_of_l2_entries_killed_under_load(
         return cluster_deployment.wait_promoted(naming.source_key(f"local://{path}"), old)[1]
 
     result = run_failover(cluster_server, kill, promoted, image_path=path)
-    check(result, "cluster, an L2 master")
+    # The queue's master never went away, and with cluster-require-full-coverage off the
+    # other shards keep serving while one fails over: no submission is refused.
+    check(result, "cluster, an L2 master", jobs_may_pause=False)
 
 
 def submission_seconds(url: str, env: Mapping[str, str], log: Path, count: int = 40) -> list[float]:
