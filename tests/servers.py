@@ -75,8 +75,10 @@ class ImgsrvProcess:
         args: tuple[str, ...] = (),
         cwd: Path | None = None,
         log: Path | None = None,
+        own_group: bool = False,
     ):
         self.log = log  # stderr goes there (else to a pipe, read when the start fails)
+        self.own_group = own_group  # a process group of its own, for kill_group()
         self.port = free_port()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("IMGSRV_")},
@@ -104,6 +106,7 @@ class ImgsrvProcess:
             cwd=self.cwd,
             stdout=subprocess.DEVNULL,
             stderr=stderr or subprocess.PIPE,
+            start_new_session=self.own_group,
         )
         if stderr is not None:
             stderr.close()  # the child has its own copy
@@ -130,6 +133,12 @@ class ImgsrvProcess:
 
     def stop(self, timeout: float = 20.0) -> int:
         return stop_process(self.process, timeout)
+
+    def kill_group(self) -> None:
+        """SIGKILL every process of the instance at once, like a lost machine."""
+        assert self.process is not None and self.own_group
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def __enter__(self) -> ImgsrvProcess:
         return self.start()

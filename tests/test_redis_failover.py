@@ -25,33 +25,13 @@ import pytest
 import redis as redis_sync
 
 from imgsrv.cache.l2 import L2Cache
-from tests.corpus import IMAGES
-from tests.job_fixtures import API_KEYS, AUTH_A, FAST_JOBS, PHOTO, TINY, wait_for
+from tests.fleet import LOCAL_PHOTO, LOCAL_TINY, instance_env, wait_all_finished
+from tests.job_fixtures import AUTH_A, wait_for
 from tests.load import Load, Outcome, summary
 from tests.redis_topologies import ClusterDeployment, RedisNode, SentinelDeployment
 from tests.servers import ImgsrvProcess
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-# Corpus paths as local:// sources (the origin's /files/ prefix dropped).
-LOCAL_TINY = TINY.removeprefix("files/")
-LOCAL_PHOTO = PHOTO.removeprefix("files/")
 OTHER_IMAGES = tuple(f"orientation/Landscape_{n}.jpg" for n in range(2, 9))
-
-
-def instance_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
-    """Environment of an ``imgsrv serve`` or ``imgsrv worker`` in these tests."""
-    env = {
-        "IMGSRV_REDIS_URL": redis_url,
-        "IMGSRV_REDIS_PREFIX": prefix,
-        "IMGSRV_LOCAL_ROOT": str(IMAGES),
-        "IMGSRV_API_KEYS": API_KEYS,
-        "IMGSRV_LOG_LEVEL": "warning",
-        "IMGSRV_REDIS_BREAKER_RESET": "0.5",
-        "IMGSRV_JOB_MAX_ATTEMPTS": "5",
-        **{f"IMGSRV_{name.upper()}": str(value) for name, value in FAST_JOBS.items()},
-    }
-    env.update(extra)
-    return env
 
 
 def image_requests(path: str = LOCAL_TINY) -> Callable[[int, int], tuple[str, str, None]]:
@@ -75,28 +55,6 @@ def job_request(thread: int, number: int) -> tuple[str, str, dict[str, Any]]:
 
 def accepted_ids(outcomes: list[Outcome]) -> list[str]:
     return [o.body["id"] for o in outcomes if o.status == 202]
-
-
-def wait_all_finished(base_url: str, ids: list[str], timeout: float) -> dict[str, str]:
-    """Poll until every job is finished; returns id -> status (``missing`` for 404s)."""
-    statuses: dict[str, str] = {}
-    with httpx.Client(base_url=base_url, timeout=10, headers=AUTH_A) as http:
-
-        def all_done() -> bool:
-            for job_id in ids:
-                if statuses.get(job_id) in TERMINAL:
-                    continue
-                answer = http.get(f"/v1/jobs/{job_id}")
-                if answer.status_code == 404:
-                    statuses[job_id] = "missing"
-                elif answer.status_code == 200:
-                    statuses[job_id] = answer.json()["status"]
-                if statuses.get(job_id) not in TERMINAL:
-                    return False
-            return True
-
-        wait_for(all_done, timeout, interval=0.2, what="every accepted job to finish")
-    return statuses
 
 
 @dataclass
@@ -148,14 +106,14 @@ def run_failover(
         None,
     )
     ids = [b.json()["id"] for b in backlog] + accepted_ids(jobs.outcomes)
-    statuses = wait_all_finished(server.url, ids, timeout=90)
+    jobs_found = wait_all_finished(server.url, ids, timeout=90)
     return Failover(
         images=summary(images.outcomes),
         submissions=summary(jobs.outcomes),
         promoted_after=promoted_after,
         first_accept_after=first_accept,
         accepted=len(ids),
-        lost=sum(1 for status in statuses.values() if status != "succeeded"),
+        lost=sum(1 for job in jobs_found.values() if job["status"] != "succeeded"),
         bad_503=sum(1 for o in jobs.outcomes if o.status == 503 and o.retry_after != "1"),
     )
 
