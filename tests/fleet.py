@@ -12,10 +12,12 @@ from __future__ import annotations
 import csv
 import io
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,22 @@ def job_body(number: int, variants: int = 2, key: str = "") -> dict[str, Any]:
     if key:
         body["idempotency_key"] = key
     return body
+
+
+def image_requests(path: str = LOCAL_TINY) -> Callable[[int, int], tuple[str, str, None]]:
+    """Requests for a :class:`tests.load.Load`: GETs of one local source, a mix of repeats
+    (cache hits) and new widths (renders), like a CDN's misses."""
+
+    def request(thread: int, number: int) -> tuple[str, str, None]:
+        width = 16 + number % 30 if number % 3 else 50 + (thread * 997 + number) % 1500
+        return "GET", f"/_/w:{width}/plain/local://{path}", None
+
+    return request
+
+
+def job_requests(thread: int, number: int) -> tuple[str, str, dict[str, Any]]:
+    """Requests for a :class:`tests.load.Load`: job submissions of two variants each."""
+    return "POST", "/v1/jobs", job_body(number, 2, key=f"{thread}-{number}-{secrets.token_hex(3)}")
 
 
 def wait_all_finished(base_url: str, ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:

@@ -405,14 +405,6 @@ class ClusterDeployment:
         node.start()
         self.wait_healthy(40)
 
-    def keys_by_master(self) -> dict[int, int]:
-        """How many keys each live master holds, by port."""
-        counts = {}
-        for node in self.masters():
-            with node.client() as client:
-                counts[node.port] = int(client.dbsize())
-        return counts
-
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()

@@ -31,11 +31,12 @@ import pytest
 from deploy.demo import HAPROXY_CFG, haproxy_config
 from tests.corpus import IMAGES
 from tests.fleet import (
-    LOCAL_TINY,
     Fleet,
     haproxy_binary,
+    image_requests,
     instance_env,
     job_body,
+    job_requests,
     wait_all_finished,
     wait_exit,
 )
@@ -71,16 +72,6 @@ def fleet(
     fleet.stop()
 
 
-def image_requests(thread: int, number: int) -> tuple[str, str, None]:
-    # Repeats (cache hits) and new widths (renders), like a CDN's misses.
-    width = 16 + number % 30 if number % 3 else 50 + (thread * 997 + number) % 1500
-    return "GET", f"/_/w:{width}/plain/local://{LOCAL_TINY}", None
-
-
-def job_requests(thread: int, number: int) -> tuple[str, str, dict[str, Any]]:
-    return "POST", "/v1/jobs", job_body(number, 2, key=f"{thread}-{number}-{secrets.token_hex(3)}")
-
-
 def slow_photo(origin: Origin, delay: float) -> str:
     """An origin URL of the photo that answers after ``delay`` seconds, each time."""
     photo = (IMAGES / PHOTO.removeprefix("files/")).read_bytes()
@@ -110,6 +101,19 @@ def queue_backlog(fleet: Fleet, origin: Origin, jobs: int, variants: int) -> lis
     return [a.json()["id"] for a in answers]
 
 
+def balancer_load(fleet: Fleet) -> tuple[Load, Load]:
+    """Image requests from four threads and job submissions from one, through HAProxy."""
+    images = Load(fleet.url, image_requests(), threads=4, max_requests=20_000)
+    jobs = Load(fleet.url, job_requests, threads=1, pause=0.1, headers=AUTH_A, max_requests=300)
+    return images, jobs
+
+
+def settle_jobs(fleet: Fleet, backlog: list[str], jobs: Load) -> dict[str, dict[str, Any]]:
+    """Wait for the backlog and every job the load got accepted; returns them by id."""
+    ids = backlog + [o.body["id"] for o in jobs.outcomes if o.status == 202]
+    return wait_all_finished(fleet.url, ids, timeout=120)
+
+
 def test_one_miss_sent_to_every_instance_costs_one_download(fleet: Fleet, origin: Origin) -> None:
     name = slow_photo(origin, 0.5)  # long enough for the requests to meet
     path = f"/_/w:300/plain/{origin.url(name)}"
@@ -126,15 +130,14 @@ def test_sigterm_drains_an_instance_without_a_failed_request(fleet: Fleet, origi
     victim = fleet.instances[0]
     assert victim.process is not None
     backlog = queue_backlog(fleet, origin, jobs=8, variants=10)
-    images = Load(fleet.url, image_requests, threads=4, max_requests=20_000)
-    jobs = Load(fleet.url, job_requests, threads=1, pause=0.1, headers=AUTH_A, max_requests=300)
+    images, jobs = balancer_load(fleet)
     with images, jobs:
         time.sleep(0.3)
         stopped_at = time.monotonic()
         victim.process.terminate()
         # Not ready at once, still serving: the balancer takes it out before it closes.
         wait_for(lambda: _readiness(victim.url) == 503, 2, interval=0.05, what="readiness to fail")
-        assert httpx.get(victim.url + image_requests(0, 1)[1], timeout=10).status_code == 200
+        assert httpx.get(victim.url + image_requests()(0, 1)[1], timeout=10).status_code == 200
         wait_for(
             lambda: fleet.server_states().get(str(victim.port), "").startswith("DOWN"),
             DRAIN_DELAY,
@@ -145,17 +148,15 @@ def test_sigterm_drains_an_instance_without_a_failed_request(fleet: Fleet, origi
         status = wait_exit(victim.process, 40)
         exited = time.monotonic() - stopped_at
         time.sleep(1.0)
-    outcomes = images.outcomes + jobs.outcomes
-    failed = [o for o in outcomes if o.status not in OK]
-    ids = backlog + [o.body["id"] for o in jobs.outcomes if o.status == 202]
-    finished = wait_all_finished(fleet.url, ids, timeout=120)
+    failed = [o for o in images.outcomes + jobs.outcomes if o.status not in OK]
+    finished = settle_jobs(fleet, backlog, jobs)
     lost = [job_id for job_id, job in finished.items() if job["status"] != "succeeded"]
     log = fleet.log("imgsrv0")
     handed_back = log.count('"reason":"worker shutting down"')
     print(
         f"\nBALANCER SIGTERM: images {summary(images.outcomes)}, submissions "
         f"{summary(jobs.outcomes)}, out of the balancer after {taken_out:.2f} s, exited "
-        f"{status} after {exited:.2f} s, {handed_back} jobs handed back, {len(ids)} jobs, "
+        f"{status} after {exited:.2f} s, {handed_back} jobs handed back, {len(finished)} jobs, "
         f"{len(lost)} lost"
     )
     assert status == 0
@@ -178,25 +179,22 @@ def test_sigkill_fails_only_requests_in_flight_and_loses_no_job(
 ) -> None:
     victim = next(i for i in fleet.instances if i.process is not None and i.process.poll() is None)
     backlog = queue_backlog(fleet, origin, jobs=6, variants=10)
-    images = Load(fleet.url, image_requests, threads=4, max_requests=20_000)
-    jobs = Load(fleet.url, job_requests, threads=1, pause=0.1, headers=AUTH_A, max_requests=300)
+    images, jobs = balancer_load(fleet)
     with images, jobs:
         time.sleep(0.3)
         killed_at = time.monotonic()
         victim.kill_group()
         time.sleep(4.0)
-    outcomes = images.outcomes + jobs.outcomes
-    failed = [o for o in outcomes if o.status not in OK]
+    failed = [o for o in images.outcomes + jobs.outcomes if o.status not in OK]
     late = [o for o in failed if o.at > killed_at + 2.0]
-    ids = backlog + [o.body["id"] for o in jobs.outcomes if o.status == 202]
-    finished = wait_all_finished(fleet.url, ids, timeout=120)
+    finished = settle_jobs(fleet, backlog, jobs)
     lost = [job_id for job_id, job in finished.items() if job["status"] != "succeeded"]
     taken_over = sum(1 for job in finished.values() if job["attempts"] > 1)
     print(
         f"\nBALANCER SIGKILL: images {summary(images.outcomes)}, submissions "
         f"{summary(jobs.outcomes)}, {len(failed)} failed (all within "
         f"{max((o.at - killed_at for o in failed), default=0):.2f} s of the kill), "
-        f"{taken_over} jobs taken over, {len(ids)} jobs, {len(lost)} lost"
+        f"{taken_over} jobs taken over, {len(finished)} jobs, {len(lost)} lost"
     )
     assert late == []
     assert all(o.at >= killed_at - 0.1 for o in failed)  # nothing failed before the kill

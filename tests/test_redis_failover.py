@@ -18,39 +18,26 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import redis as redis_sync
 
 from imgsrv.cache.l2 import L2Cache
-from tests.fleet import LOCAL_PHOTO, LOCAL_TINY, instance_env, wait_all_finished
+from tests.fleet import (
+    LOCAL_TINY,
+    image_requests,
+    instance_env,
+    job_body,
+    job_requests,
+    wait_all_finished,
+)
 from tests.job_fixtures import AUTH_A, wait_for
 from tests.load import Load, Outcome, summary
 from tests.redis_topologies import ClusterDeployment, RedisNode, SentinelDeployment
 from tests.servers import ImgsrvProcess
 
 OTHER_IMAGES = tuple(f"orientation/Landscape_{n}.jpg" for n in range(2, 9))
-
-
-def image_requests(path: str = LOCAL_TINY) -> Callable[[int, int], tuple[str, str, None]]:
-    """GETs of one source: a mix of repeats (cache hits) and new widths (renders)."""
-
-    def request(thread: int, number: int) -> tuple[str, str, None]:
-        width = 16 + (number % 24) if number % 4 else 40 + (thread * 1000 + number) % 900
-        return "GET", f"/_/w:{width}/plain/local://{path}", None
-
-    return request
-
-
-def job_request(thread: int, number: int) -> tuple[str, str, dict[str, Any]]:
-    body = {
-        "source": f"local://{LOCAL_PHOTO}",
-        "variants": [{"w": 40 + number % 50}, {"w": 96, "f": "webp"}],
-        "idempotency_key": f"{thread}-{number}-{secrets.token_hex(4)}",
-    }
-    return "POST", "/v1/jobs", body
 
 
 def accepted_ids(outcomes: list[Outcome]) -> list[str]:
@@ -78,10 +65,10 @@ def run_failover(
 ) -> Failover:
     """Queue a backlog, start the load, kill, wait for the promotion, measure, check jobs."""
     with httpx.Client(base_url=server.url, headers=AUTH_A, timeout=10) as http:
-        backlog = [http.post("/v1/jobs", json=job_request(9, n)[2]) for n in range(24)]
+        backlog = [http.post("/v1/jobs", json=job_body(n)) for n in range(24)]
     assert all(b.status_code == 202 for b in backlog), [b.text for b in backlog][:2]
     images = Load(server.url, image_requests(image_path), threads=4, max_requests=20_000)
-    jobs = Load(server.url, job_request, threads=1, pause=0.05, headers=AUTH_A, max_requests=500)
+    jobs = Load(server.url, job_requests, threads=1, pause=0.05, headers=AUTH_A, max_requests=500)
     with images, jobs:
         time.sleep(1.0)
         killed_at = time.monotonic()
@@ -234,7 +221,7 @@ def submission_seconds(url: str, env: Mapping[str, str], log: Path, count: int =
         with httpx.Client(base_url=server.url, headers=AUTH_A, timeout=10) as http:
             for number in range(count + 5):
                 started = time.perf_counter()
-                answer = http.post("/v1/jobs", json=job_request(0, number)[2])
+                answer = http.post("/v1/jobs", json=job_body(number))
                 elapsed = time.perf_counter() - started
                 assert answer.status_code == 202, answer.text
                 if number >= 5:  # the first few warm connections and scripts up
