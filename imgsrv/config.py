@@ -63,6 +63,7 @@ class Settings:
     avif_quality: int = 60
     avif_effort: int = 2
     png_compression: int = 6
+    jpeg_shrink_headroom: bool = False
     presets: Mapping[str, str] = field(default_factory=dict)
 
     # --- HTTP caching headers

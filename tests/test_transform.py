@@ -32,7 +32,7 @@ from imgsrv.transform import (
 )
 from imgsrv.transform.geometry import ResizePlan, compass_offset, focus_offset, plan_resize
 from imgsrv.transform.header import read_header
-from imgsrv.transform.load import decode
+from imgsrv.transform.load import decode, jpeg_shrink
 from tests.corpus import IMAGES as CORPUS
 
 OPTIONS = TransformOptions()
@@ -790,7 +790,10 @@ def test_padding_is_css_pixels_times_dpr() -> None:
 def test_embedded_profiles_are_converted_to_srgb(relative: str, path: str) -> None:
     data = corpus(relative)
     source = pyvips.Image.new_from_buffer(data, "")
-    expected = source.icc_transform("srgb", embedded=True, intent="perceptual")
+    # The reference decodes at the scale the pipeline's loader uses, so only colour differs.
+    shrink = jpeg_shrink(max(source.width, source.height) / 100) if path != "full" else 1
+    loaded = pyvips.Image.new_from_buffer(data, "", shrink=shrink)
+    expected = loaded.icc_transform("srgb", embedded=True, intent="perceptual")
     expected = expected.thumbnail_image(100, height=100).copy_memory()
     untouched = source.thumbnail_image(100, height=100).copy_memory()
     fields: dict[str, Any] = {
@@ -986,30 +989,46 @@ def test_probe_reads_the_header_only() -> None:
 # --------------------------------------------------------------------------- speed and threads
 
 
-def test_shrink_on_load_decodes_at_the_target_scale() -> None:
-    data = corpus("orientation/Landscape_6.jpg")
+def test_shrink_on_load_decodes_at_the_smallest_jpeg_scale_that_covers_the_target() -> None:
+    data = corpus("orientation/Landscape_6.jpg")  # stored 1200x1800, displayed 1800x1200
     header = read_header(data, OPTIONS)
     state = decode(data, header, spec(width=300), "webp", False, OPTIONS)
-    # Scaled and upright straight out of the loader, before any pipeline step has run.
-    assert (state.image.width, state.image.height) == (300, 200)
-    assert state.oriented and state.plan is not None
+    # 1800 -> 300 is a factor of 6: the decoder scales by 1/4, as stored (not yet upright).
+    assert (state.image.width, state.image.height) == (300, 450)
+    assert not state.oriented and state.plan is None
+    assert state.planned is not None and (state.planned.width, state.planned.height) == (300, 200)
+    rendered = transform(data, spec(width=300), NONE, OPTIONS)
+    assert (rendered.width, rendered.height) == (300, 200)
+    assert (decoded(rendered).width, decoded(rendered).height) == (300, 200)
     full = decode(data, header, spec(width=300, crop=(0, 0, 10, 10)), "webp", False, OPTIONS)
     assert (full.image.width, full.image.height) == (1200, 1800)  # as stored, unrotated
-    assert not full.oriented and full.plan is None
+    assert not full.oriented and full.plan is None and full.planned is None
 
 
-def test_a_typical_thumbnail_is_fast() -> None:
+def test_jpeg_shrink_headroom_leaves_a_factor_of_two_for_resampling() -> None:
     data = corpus("orientation/Landscape_1.jpg")  # 1800x1200
-    thumbnail = spec(width=300, format="webp")
-    render(data, width=300, format="webp")
-    runs = 10
-    started = time.perf_counter()
-    for _ in range(runs):
-        transform(data, thumbnail, NONE, OPTIONS)
-    per_op = (time.perf_counter() - started) / runs
-    # ~30 ms on one libvips thread of a laptop core; the bound only catches a lost
-    # shrink-on-load (full decode + resize) on a slow machine.
-    assert per_op < 0.25
+    header = read_header(data, OPTIONS)
+    roomy = replace(OPTIONS, jpeg_shrink_headroom=True)
+    state = decode(data, header, spec(width=300), "jpeg", False, roomy)
+    assert (state.image.width, state.image.height) == (900, 600)  # 1/2, not 1/4
+    assert (transform(data, spec(width=300), NONE, roomy).width) == 300
+
+
+@pytest.mark.parametrize(
+    ("factor", "fast", "roomy"),
+    [(1.0, 1, 1), (1.9, 1, 1), (2.0, 2, 1), (3.9, 2, 1), (4.0, 4, 2), (7.9, 4, 2),
+     (8.0, 8, 4), (15.9, 8, 4), (16.0, 8, 8), (40.0, 8, 8)],
+)  # fmt: skip
+def test_jpeg_shrink_never_decodes_below_the_target(factor: float, fast: int, roomy: int) -> None:
+    assert jpeg_shrink(factor) == fast
+    assert jpeg_shrink(factor, headroom=True) == roomy
+
+
+def test_webp_sources_are_scaled_while_decoding() -> None:
+    data = pyvips.Image.black(1200, 800, bands=3).webpsave_buffer()
+    header = read_header(data, OPTIONS)
+    state = decode(data, header, spec(width=300), "webp", False, OPTIONS)
+    assert (state.image.width, state.image.height) == (300, 200)
 
 
 def test_parallel_transforms_match_sequential_ones() -> None:

@@ -26,6 +26,9 @@ class TransformOptions:
     avif_quality: int = 60
     avif_effort: int = 2
     png_compression: int = 6
+    jpeg_shrink_headroom: bool = False
+    """Decode JPEGs at twice the target scale or more (libvips' thumbnail rule) instead of the
+    smallest DCT scale that covers the target: sharper by a little, about 15% more CPU."""
 
     @property
     def max_pixels(self) -> int:

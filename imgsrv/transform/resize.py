@@ -1,7 +1,8 @@
 """Scaling to the requested size, and cropping ``cover`` overflow where gravity says.
 
-Planning is shared with the loader: when shrink-on-load is possible the frame arrives
-already scaled and only the gravity crop is left to do here.
+Planning is shared with the loader: when shrink-on-load is possible the plan is made on the
+source's full size before decoding, the frame arrives part of the way there (or, from libvips'
+thumbnail, already scaled) and this step finishes it to exactly the planned size.
 """
 
 from __future__ import annotations
@@ -67,13 +68,15 @@ def scale_frame(frame: VImage, width: int, height: int) -> VImage:
     """Resample a frame to exactly ``width`` x ``height`` (Lanczos 3).
 
     Alpha is premultiplied for the resampling so that transparent pixels, whose colour is
-    meaningless, do not bleed dark fringes into the visible edge.
+    meaningless, do not bleed dark fringes into the visible edge. The premultiplied pixels go
+    back to the frame's own format before resampling, as libvips' thumbnail does: the 8-bit
+    resampler is twice as fast as the float one, for the same output.
     """
     hscale = width / int(frame.width)
     vscale = height / int(frame.height)
     if has_alpha(frame):
-        scaled = frame.premultiply().resize(hscale, vscale=vscale).unpremultiply()
-        scaled = scaled.cast(frame.format)
+        premultiplied = frame.premultiply().cast(frame.format)
+        scaled = premultiplied.resize(hscale, vscale=vscale).unpremultiply().cast(frame.format)
     else:
         scaled = frame.resize(hscale, vscale=vscale)
     if (int(scaled.width), int(scaled.height)) != (width, height):
@@ -85,7 +88,9 @@ def scale_frame(frame: VImage, width: int, height: int) -> VImage:
 def resize(state: ImageState, spec: TransformSpec, options: TransformOptions) -> None:
     """Scale every frame per the fit mode, then crop ``cover`` overflow by gravity."""
     if state.plan is None:
-        plan = make_plan(state.frame_width, state.frame_height, state.frames, spec, options)
+        plan = state.planned or make_plan(
+            state.frame_width, state.frame_height, state.frames, spec, options
+        )
         if (plan.width, plan.height) != (state.frame_width, state.frame_height):
             state.map_frames(lambda frame: scale_frame(frame, plan.width, plan.height))
         state.plan = plan

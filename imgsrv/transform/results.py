@@ -11,8 +11,8 @@ from imgsrv.spec import OutputFormat
 class Rendered:
     """An encoded image and the facts a response or cache entry needs about it.
 
-    ``width``, ``height`` and ``pages`` are read back from the encoded bytes, so they describe
-    exactly what was written; ``height`` is that of one frame for animations.
+    ``width``, ``height`` and ``pages`` describe what was encoded; ``height`` is that of one
+    frame for animations.
     """
 
     data: bytes

@@ -1,4 +1,4 @@
-"""Encoding the result, and reading back what was actually written."""
+"""Encoding the result in its output format."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def encode(state: ImageState, spec: TransformSpec, options: TransformOptions) ->
     # stale page height from the source could cut them into frames.
     image = with_int_field(state.image, "page-height", state.frame_height)
     data = save_buffer(image, state.output_format, spec, options)
-    return describe(data, state.output_format)
+    return describe(data, state)
 
 
 def save_buffer(
@@ -68,15 +68,23 @@ def save_buffer(
     return bytes(saved)
 
 
-def describe(data: bytes, fmt: OutputFormat) -> Rendered:
-    """Wrap encoded bytes with their format and the size and frame count read back from them."""
-    written = pyvips.Image.new_from_buffer(data, "")
+def describe(data: bytes, state: ImageState) -> Rendered:
+    """Wrap encoded bytes with their format, frame size and frame count.
+
+    A still's size is its frame's: savers write every pixel they are given, so nothing is
+    decoded again to learn it. Animations are read back, since the GIF and WebP encoders
+    merge identical consecutive frames (adding up their delays).
+    """
+    fmt = state.output_format
+    pages = 1
+    if state.animated:
+        written = pyvips.Image.new_from_buffer(data, "")
+        pages = max(1, get_int(written, "n-pages", 1))
     return Rendered(
         data=data,
         format=fmt,
         content_type=CONTENT_TYPES[fmt],
-        width=int(written.width),
-        # Loaded without n=-1, an animation shows one frame: its height is the frame height.
-        height=int(written.height),
-        pages=max(1, get_int(written, "n-pages", 1)),
+        width=state.frame_width,
+        height=state.frame_height,
+        pages=pages,
     )

@@ -35,6 +35,9 @@ class ImageState:
     """EXIF orientation already applied (shrink-on-load does it while decoding)."""
     colour_managed: bool = False
     """Embedded profiles already converted to sRGB (shrink-on-load can do it too)."""
+    planned: ResizePlan | None = None
+    """The scaling planned on the source's full size before decoding, when the loader already
+    shrank the frame part of the way (the resize step finishes it to exactly this plan)."""
     plan: ResizePlan | None = None
     """Set once the frame has been scaled."""
     random_access: bool = False
