@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from imgsrv import metrics
 from imgsrv.access import AccessLogMiddleware
 from imgsrv.config import Settings, load_settings
 from imgsrv.drain import Drain, process_drain
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
     """
     settings = settings or load_settings()
     drain = drain or Drain()
+    drain.on_drain(lambda: metrics.DRAINING.set(1))
     configure_logging(settings.log_level)
     job_config = JobConfig.from_settings(settings)
 

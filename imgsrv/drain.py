@@ -7,15 +7,14 @@ finishes the variant in hand and hands its job back. Then the listener closes, i
 requests finish and the process exits 0. A second stop signal ends the delay at once.
 
 The signal arrives in :class:`imgsrv.serving.DrainingServer`; the app's readiness probe and
-job worker learn about it from this process's :class:`Drain`.
+job worker learn about it from this process's :class:`Drain`. This module imports nothing of
+the app (no prometheus_client): the gunicorn master imports it before the workers fork.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-
-from imgsrv import metrics
 
 log = logging.getLogger("imgsrv.serve")
 
@@ -30,14 +29,18 @@ class Drain:
     def on_drain(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` (on the event loop) when draining starts; returns an unsubscriber."""
         self._listeners.append(callback)
-        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+        def unsubscribe() -> None:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return unsubscribe
 
     def begin(self, delay: float) -> bool:
         """Start draining (on the event loop); False if it had started already."""
         if self.draining:
             return False
         self.draining = True
-        metrics.DRAINING.set(1)
         log.info("draining: not ready, still serving", extra={"drain_delay": delay})
         for callback in list(self._listeners):
             callback()

@@ -101,7 +101,7 @@ L2_SKIPPED = Counter(
 BREAKER_OPEN = Gauge(
     "imgsrv_redis_breaker_open",
     "1 while the Redis circuit breaker is open",
-    multiprocess_mode="livemax",
+    multiprocess_mode="max",
 )
 COALESCED = Counter(
     "imgsrv_coalesced_total",

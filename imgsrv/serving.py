@@ -62,6 +62,7 @@ class ImgsrvUvicornWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worke
     """
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "auto", "http": "auto", "access_log": False}
+    STARTUP_FAILURE_STATUS: ClassVar[int] = 3  # gunicorn's WORKER_BOOT_ERROR
 
     async def _serve(self) -> None:
         # uvicorn_worker's own loop, with a server that drains before it stops.
@@ -71,8 +72,6 @@ class ImgsrvUvicornWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worke
         await server.serve(sockets=self.sockets)
         if not server.started:
             sys.exit(self.STARTUP_FAILURE_STATUS)
-
-    STARTUP_FAILURE_STATUS: ClassVar[int] = 3  # gunicorn's WORKER_BOOT_ERROR
 
 
 class DrainingServer(uvicorn.Server):
