@@ -19,8 +19,10 @@ RUN pip install . && rm -rf /src
 
 COPY config/ /etc/imgsrv/
 
-RUN groupadd --system imgsrv \
-    && useradd --system --gid imgsrv --home-dir /var/lib/imgsrv --create-home \
+# A fixed numeric id, so that Kubernetes can check runAsNonRoot and the manifests in
+# deploy/k8s can name it (runAsUser: 10001).
+RUN groupadd --system --gid 10001 imgsrv \
+    && useradd --system --uid 10001 --gid imgsrv --home-dir /var/lib/imgsrv --create-home \
        --shell /usr/sbin/nologin imgsrv
 
 # glibc gives every thread that allocates its own malloc arena (up to 8 per core). libvips
@@ -35,7 +37,7 @@ ENV MALLOC_ARENA_MAX=2 \
 
 # No redis-server is installed here: give the container a shared Redis with IMGSRV_REDIS_URL
 # (L2 cache, render locks, jobs). Workers default to one per CPU of the container's quota.
-USER imgsrv
+USER 10001:10001
 WORKDIR /var/lib/imgsrv
 EXPOSE 8080
 

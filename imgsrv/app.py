@@ -23,6 +23,7 @@ from imgsrv.errors import ImgsrvError
 from imgsrv.jobs.config import JobConfig
 from imgsrv.jobs.errors import ApiKeyRequired
 from imgsrv.jobs.worker import serve_jobs
+from imgsrv.lifecycle import InstanceLog, on_stop_signal
 from imgsrv.logs import configure_logging
 from imgsrv.routes import cache, images, jobs, ops, problems
 from imgsrv.runtime import open_runtime
@@ -43,18 +44,24 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        instance = InstanceLog()
         async with (
             open_runtime(settings) as runtime,
             serve_jobs(runtime, job_config, drain) as queue,
         ):
             app.state.runtime = runtime
+            app.state.egress = runtime.egress
             app.state.renderer = runtime.renderer
             app.state.job_queue = queue
+            instance.start(settings)
+            restore_signals = on_stop_signal(instance.drain)
             try:
                 yield
             finally:
+                restore_signals()
                 app.state.renderer = None
                 app.state.job_queue = None
+        instance.stop()
 
     routes = [
         Route("/healthz", ops.healthz, methods=["GET"]),

@@ -1,4 +1,4 @@
-"""The ``imgsrv`` command: ``serve``, ``worker``, ``sign``, ``genkey`` and ``config``.
+"""The ``imgsrv`` command: ``serve``, ``worker``, ``report``, ``sign``, ``genkey`` and ``config``.
 
 Settings come from :func:`imgsrv.config.load_settings` (defaults, ``IMGSRV_CONFIG``, ``IMGSRV_*``
 environment); command-line flags of ``serve`` override them and are handed to the worker
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import logging
 import os
@@ -17,14 +18,19 @@ import re
 import secrets
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from imgsrv import serving, urls
 from imgsrv.config import ENV_PREFIX, ConfigError, Settings, load_settings, settings_fields
 from imgsrv.errors import ImgsrvError
 from imgsrv.logs import configure_logging
-from imgsrv.redis_client import check_redis
+from imgsrv.redis_client import check_redis, open_blocking_redis
+
+if TYPE_CHECKING:
+    from imgsrv.report.period import Period
+    from imgsrv.report.review import Review
 
 log = logging.getLogger("imgsrv.cli")
 
@@ -94,7 +100,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="lower the worker's CPU priority by this much (default 10), so that image "
         "requests served on the same machine keep their latency; 0 = unchanged",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=_non_negative_int,
+        help="serve Prometheus metrics on this port at /metrics (IMGSRV_WORKER_METRICS_PORT)",
+    )
     worker.set_defaults(command=worker_command)
+
+    report = commands.add_parser(
+        "report", help="print a month's review (requests, caches, jobs, egress) in Markdown"
+    )
+    report.add_argument("--month", help="YYYY-MM (default: this month, so far)")
+    report.add_argument("--from", dest="first", metavar="DAY", help="first day, YYYY-MM-DD")
+    report.add_argument("--to", dest="last", metavar="DAY", help="last day (default: today)")
+    report.add_argument(
+        "--prometheus", metavar="URL", help="read Prometheus at URL (default: the Redis counters)"
+    )
+    report.add_argument(
+        "--selector", default="", help='Prometheus label matchers, e.g. namespace="imgsrv"'
+    )
+    report.add_argument(
+        "--chart",
+        metavar="PNG",
+        help="where to write the chart (default: imgsrv-report-PERIOD.png)",
+    )
+    report.set_defaults(command=report_command)
     return parser
 
 
@@ -145,10 +175,14 @@ def worker_command(args: argparse.Namespace) -> int:
     """Run a dedicated job worker until SIGTERM/SIGINT; it stops gracefully."""
     # Imported here: the worker loads libvips, which `serve` must not do before gunicorn forks.
     from imgsrv.jobs.worker import run_worker, worker_settings
+    from imgsrv.metrics import serve_metrics
 
-    settings = worker_settings(load_settings())
+    overrides = {} if args.metrics_port is None else {"worker_metrics_port": args.metrics_port}
+    settings = worker_settings(load_settings(**overrides))
     configure_logging(settings.log_level)
     check_redis_at_start(settings)
+    if settings.worker_metrics_port:
+        serve_metrics(settings.host, settings.worker_metrics_port)
     # Before any thread exists, so that the libvips threads inherit the lower priority.
     os.nice(min(args.nice, 19))
     # Two jobs per thread: while one waits for its download or Redis, the other transforms.
@@ -164,6 +198,63 @@ def check_redis_at_start(settings: Settings) -> None:
     found = check_redis(settings)
     if found is not None:
         log.info("redis reachable", extra={"redis": found})
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """Print the review of a period as Markdown and write its chart next to it."""
+    # Imported here: the chart loads libvips.
+    from imgsrv.report.chart import draw_chart
+    from imgsrv.report.review import to_markdown
+
+    settings = load_settings()
+    try:
+        period = report_period(args.month, args.first, args.last)
+        review = collect_review(args, period, settings)
+    except (ValueError, RuntimeError, ConnectionError, OSError) as exc:
+        print(f"imgsrv report: {exc}", file=sys.stderr)
+        return 2
+    chart = Path(args.chart or f"imgsrv-report-{period.title.replace(' ', '_')}.png")
+    draw_chart(review, chart)
+    print(to_markdown(review, chart.name))
+    return 0
+
+
+def report_period(month: str | None, first: str | None, last: str | None) -> Period:
+    """The period of ``--month`` or ``--from``/``--to`` (default: this month)."""
+    from imgsrv.report.period import month_period, range_period
+
+    today = datetime.datetime.now(datetime.UTC).date()
+    if month and (first or last):
+        raise ValueError("give either --month or --from/--to")
+    if first or last:
+        return range_period(first or today.replace(day=1).isoformat(), last or today.isoformat())
+    return month_period(month or today.strftime("%Y-%m"))
+
+
+def collect_review(args: argparse.Namespace, period: Period, settings: Settings) -> Review:
+    """The review from Prometheus when a URL is given, else from the Redis counters."""
+    from imgsrv.embedded_redis import running_embedded_url
+    from imgsrv.report.from_prometheus import review_from_prometheus
+    from imgsrv.report.from_redis import review_from_redis
+
+    if args.prometheus:
+        return review_from_prometheus(args.prometheus, period, args.selector)
+    url = settings.redis_url or running_embedded_url(settings.data_dir)
+    if not url:
+        raise ValueError(
+            "no Redis to read the counters from: set IMGSRV_REDIS_URL, run this in the folder "
+            "of a running `imgsrv serve`, or give --prometheus URL"
+        )
+    budget = settings.egress_budget_bytes
+    saver_at = int(budget * settings.egress_saver_at)
+    client = open_blocking_redis(url, timeout=5.0)
+    try:
+        return review_from_redis(client, settings.redis_prefix, period, budget, saver_at)
+    finally:
+        client.close()
 
 
 # --------------------------------------------------------------------------- sign

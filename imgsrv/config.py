@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 ENV_PREFIX = "IMGSRV_"
+AUTO_FORMATS = ("avif", "webp")  # the formats f:auto may choose when a client accepts them
 SAMPLES_DIR = Path(__file__).parent / "samples"
 
 
@@ -63,6 +65,7 @@ class Settings:
     avif_quality: int = 60
     avif_effort: int = 2
     png_compression: int = 6
+    auto_formats: tuple[str, ...] = ("avif", "webp")  # what f:auto may pick beyond JPEG/PNG/GIF
     jpeg_shrink_headroom: bool = False
     presets: Mapping[str, str] = field(default_factory=dict)
 
@@ -115,6 +118,13 @@ class Settings:
     job_callback_attempts: int = 5
     job_accept_replicas: int = 1  # replicas that must confirm a submission (WAIT); 0 = none
     job_accept_timeout: float = 0.5  # seconds a submission waits for them, then 503
+    worker_metrics_port: int = 0  # `imgsrv worker` serves /metrics here; 0 = not at all
+
+    # --- egress budget (image bytes served per month, counted in Redis)
+    egress_monthly_budget: str = ""  # e.g. "500GB"; empty = no budget
+    egress_saver_at: float = 0.6  # share of the budget at which saver mode starts
+    egress_saver_quality_step: int = 15  # default qualities this much lower in saver mode
+    egress_saver_auto_formats: tuple[str, ...] = ("avif", "webp")  # f:auto in saver mode
 
     @property
     def signing_key_bytes(self) -> bytes:
@@ -153,11 +163,44 @@ class Settings:
         return self.workers or self.cpu_count
 
     @property
+    def egress_budget_bytes(self) -> int:
+        """The monthly egress budget in bytes; 0 = no budget."""
+        return parse_size(self.egress_monthly_budget)
+
+    @property
     def l1_bytes(self) -> int:
         """L1 capacity of one process: half the container memory shared by all workers."""
         if self.l1_max_bytes:
             return self.l1_max_bytes
         return available_memory() // 2 // self.worker_count
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Bytes of ``500GB``, ``1.5TB``, ``200 MiB`` or ``4096``; an empty text is 0.
+
+    KB/MB/GB/TB are powers of 1000, as bandwidth is billed; KiB/MiB/GiB/TiB powers of 1024.
+    """
+    if not text.strip():
+        return 0
+    match = _SIZE_RE.match(text.lower())
+    if match is None or match.group(2) not in _SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size such as 500GB, 1.5TB or 200MiB")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
 def available_cpus() -> int:
@@ -292,6 +335,20 @@ def _check(s: Settings) -> None:
             "job_accept_replicas must not be negative and job_accept_timeout must be "
             "within (0, 60] seconds"
         )
+    for name in ("auto_formats", "egress_saver_auto_formats"):
+        unknown = set(getattr(s, name)) - set(AUTO_FORMATS)
+        if unknown:
+            raise ConfigError(f"{name} may name {' and '.join(AUTO_FORMATS)}, not {unknown}")
+    try:
+        s.egress_budget_bytes  # noqa: B018
+    except ValueError as exc:
+        raise ConfigError(f"egress_monthly_budget: {exc}") from None
+    if not 0 < s.egress_saver_at <= 1:
+        raise ConfigError("egress_saver_at must be a fraction of the budget within (0, 1]")
+    if not 0 <= s.egress_saver_quality_step < 100:
+        raise ConfigError("egress_saver_quality_step must be within 0..99")
+    if not 0 <= s.worker_metrics_port < 65536:
+        raise ConfigError("worker_metrics_port must be a TCP port, or 0 for none")
 
 
 def settings_fields() -> tuple[str, ...]:

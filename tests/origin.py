@@ -32,6 +32,7 @@ from __future__ import annotations
 import atexit
 import json
 import mimetypes
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -77,9 +78,13 @@ class _State:
 class Origin:
     """Handle on the running origin server."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: serve HTTPS with this server context instead of plain HTTP."""
         self._state = _State()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), OriginRequestHandler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self.scheme = "https" if tls is not None else "http"
         self._server.daemon_threads = True
         self._server.origin_state = self._state  # type: ignore[attr-defined]
         self.port: int = self._server.server_address[1]
@@ -90,7 +95,7 @@ class Origin:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def url(self, path: str) -> str:
         """Absolute URL of ``path`` on this origin (``path`` may carry a query)."""

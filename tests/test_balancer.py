@@ -161,7 +161,7 @@ def test_sigterm_drains_an_instance_without_a_failed_request(fleet: Fleet, origi
     )
     assert status == 0
     assert failed == []
-    assert "draining: not ready, still serving" in log
+    assert '"event":"drain"' in log and "readiness off while draining" in log
     assert "drained: closing the listener" in log
     assert handed_back >= 1  # it held jobs (every slot was busy) and gave them back
     assert lost == []

@@ -119,6 +119,10 @@ def non_default_env_value(name: str) -> tuple[str, Any]:
         "local_root": (str(REPO), str(REPO)),
         "redis_url": ("redis://127.0.0.1:6390/1", "redis://127.0.0.1:6390/1"),
         "source_base_url": ("https://img.example/", "https://img.example/"),
+        "auto_formats": ("webp", ("webp",)),
+        "egress_saver_auto_formats": ("webp", ("webp",)),
+        "egress_monthly_budget": ("500GB", "500GB"),
+        "egress_saver_at": ("0.5", 0.5),
     }
     if name in special:
         return special[name]
@@ -258,11 +262,34 @@ def test_config_file_with_a_wrong_type_is_refused(tmp_path: Path) -> None:
         ("IMGSRV_WEBP_QUALITY", "101"),
         ("IMGSRV_MAX_SOURCE_BYTES", "0"),
         ("IMGSRV_MAX_SOURCE_MEGAPIXELS", "-1"),
+        ("IMGSRV_AUTO_FORMATS", "webp,jxl"),
+        ("IMGSRV_EGRESS_MONTHLY_BUDGET", "lots"),
+        ("IMGSRV_EGRESS_MONTHLY_BUDGET", "5 parsecs"),
+        ("IMGSRV_EGRESS_SAVER_AT", "0"),
+        ("IMGSRV_EGRESS_SAVER_AT", "1.5"),
+        ("IMGSRV_EGRESS_SAVER_QUALITY_STEP", "100"),
+        ("IMGSRV_WORKER_METRICS_PORT", "70000"),
     ],
 )
 def test_bad_values_raise_config_error(env_name: str, text: str) -> None:
     with pytest.raises(ConfigError):
         load_settings({env_name: text})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", 0),
+        ("4096", 4096),
+        ("500GB", 500 * 10**9),
+        ("1.5 TB", 1_500_000_000_000),
+        ("200MiB", 200 * 2**20),
+        ("2gib", 2 * 2**30),
+        ("10kb", 10_000),
+    ],
+)
+def test_egress_budget_sizes(text: str, expected: int) -> None:
+    assert load_settings({"IMGSRV_EGRESS_MONTHLY_BUDGET": text}).egress_budget_bytes == expected
 
 
 def test_settings_are_frozen() -> None:

@@ -259,3 +259,23 @@ async def test_every_queue_key_is_in_one_cluster_slot(redis: Redis) -> None:
     keys = [key async for key in redis.scan_iter("*")]
     assert len(keys) >= 10
     assert {key_slot(key) for key in keys} == {key_slot(queue.depth_key.encode())}
+
+
+async def test_the_oldest_ready_job_and_the_wait_of_a_claim(redis: Redis) -> None:
+    queue = make_queue(redis)
+    assert await queue.oldest_waits() == {"high": 0.0, "normal": 0.0, "low": 0.0}
+    await queue.submit("a", request("low"))
+    await asyncio.sleep(0.3)
+    await queue.submit("b", request("low"))
+    await queue.submit("a", request("high"))
+    waits = await queue.oldest_waits()
+    assert 0.3 <= waits["low"] < 5 and waits["high"] < 0.3 and waits["normal"] == 0
+    claimed = await claim_all(queue)
+    assert [c.job.priority for c in claimed] == ["high", "low", "low"]
+    assert claimed[0].waited < 0.3 and 0.3 <= claimed[1].waited < 5
+    assert await queue.oldest_waits() == {"high": 0.0, "normal": 0.0, "low": 0.0}
+    # A job handed back is ready again from then on, not from its submission.
+    await asyncio.sleep(0.3)
+    assert await queue.release(claimed[1])
+    (again,) = await claim_all(queue)
+    assert again.waited < 0.3

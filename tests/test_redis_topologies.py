@@ -30,7 +30,9 @@ from imgsrv.jobs.auth import ApiKeys
 from imgsrv.jobs.config import JobConfig
 from imgsrv.jobs.model import JobRequest
 from imgsrv.jobs.queue import JobQueue
-from imgsrv.redis_client import close_redis, connect_redis, open_pubsub
+from imgsrv.redis_client import close_redis, connect_redis, open_blocking_redis, open_pubsub
+from imgsrv.report.from_redis import review_from_redis
+from imgsrv.report.period import month_period
 from imgsrv.runtime import build_l2
 from tests.job_fixtures import AUTH_A, TINY, job_settings, submit, wait_status
 from tests.origin import Origin
@@ -238,7 +240,10 @@ def test_l2_entries_of_different_sources_land_on_different_masters(
     cluster_deployment: ClusterDeployment,
 ) -> None:
     topology_settings = load_settings(
-        {}, redis_url=cluster_deployment.url, redis_prefix=f"t{secrets.token_hex(4)}"
+        {},
+        redis_url=cluster_deployment.url,
+        redis_prefix=f"t{secrets.token_hex(4)}",
+        redis_timeout=1.0,
     )
 
     async def fill() -> dict[str, list[str]]:
@@ -301,6 +306,15 @@ def test_the_app_on_every_topology(topology: Topology, origin: Origin) -> None:
         assert second.get(url).headers["x-cache"] == "miss"
         listed = second.get("/v1/jobs", headers=AUTH_A).json()["jobs"]
         assert [job["id"] for job in listed] == [job_id]
+    # The egress counters both processes wrote, read back as `imgsrv report` does.
+    month = time.strftime("%Y-%m", time.gmtime())
+    counters = open_blocking_redis(topology.url, timeout=5.0)
+    try:
+        review = review_from_redis(counters, settings.redis_prefix, month_period(month))
+    finally:
+        counters.close()
+    assert review.image_responses.get("miss", 0) >= 2 and review.image_responses.get("l2") == 2
+    assert review.egress_bytes > 0
 
 
 def test_submission_waits_for_a_replica_and_answers_503_when_none_confirms(

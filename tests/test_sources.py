@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import ipaddress
+import shutil
 import socket
+import ssl
+import subprocess
 import time
 import tracemalloc
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ from imgsrv.sources import (
     address_allowed,
     resolve_source,
 )
+from imgsrv.sources.http1 import Http1Connection, open_tcp
 from tests.origin import (  # noqa: F401  (fixture)
     IMAGES_DIR,
     Origin,
@@ -74,6 +79,27 @@ class SpyBackend(httpcore.AsyncNetworkBackend):
         await self.inner.sleep(seconds)
 
 
+class SpyConnector:
+    """Records every connection the fetcher opens; connects for real only to loopback."""
+
+    def __init__(self) -> None:
+        self.connects: list[tuple[str, int]] = []
+
+    async def __call__(
+        self,
+        factory: Callable[[], Http1Connection],
+        address: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        server_hostname: str | None,
+    ) -> Http1Connection:
+        self.connects.append((address, port))
+        # A guard failure must never turn into traffic to a real internal or external host.
+        if not ipaddress.ip_address(address).is_loopback:
+            raise ConnectionRefusedError(f"test spy: refusing to really connect to {address}")
+        return await open_tcp(factory, address, port, ssl_context, server_hostname)
+
+
 def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "allow_source_networks": LOOPBACK,
@@ -92,8 +118,8 @@ def make_settings(**overrides: Any) -> Settings:
 class Harness:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.spy = SpyBackend()
-        self.fetcher = SourceFetcher(settings, network_backend=self.spy)
+        self.spy = SpyConnector()
+        self.fetcher = SourceFetcher(settings, connector=self.spy)
 
     async def fetch(self, raw: str) -> SourceBytes:
         return await self.fetcher.fetch(resolve_source(raw, self.settings))
@@ -701,3 +727,195 @@ async def test_local_file_too_large(make: Any) -> None:
     with pytest.raises(SourceTooLarge):
         await make(max_source_bytes=size - 1).fetch(f"local://{TINY_JPEG}")
     assert len((await make(max_source_bytes=size).fetch(f"local://{TINY_JPEG}")).data) == size
+
+
+# --------------------------------------------------------------------------- HTTP/1.1 framing
+
+
+def _raw(response: bytes, close: bool = True) -> Callable[[OriginRequestHandler], None]:
+    """A route that writes ``response`` as it is (status line, headers and body)."""
+
+    def send(handler: OriginRequestHandler) -> None:
+        handler.wfile.write(response)
+        handler.wfile.flush()
+        handler.close_connection = close
+
+    return send
+
+
+async def test_chunked_body_with_extensions_and_trailers(origin: Origin, make: Any) -> None:
+    origin.handler(
+        "/chunked",
+        _raw(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5;name=value\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            close=False,
+        ),
+    )
+    h = make()
+    assert (await h.fetch(origin.url("chunked"))).data == b"hello world"
+    # The framing was complete, so the connection went back to the pool.
+    assert (await h.fetch(origin.url("chunked"))).data == b"hello world"
+    assert len(h.spy.connects) == 1
+
+
+async def test_body_until_the_connection_closes(origin: Origin, make: Any) -> None:
+    origin.handler("/until-close", _raw(b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * 100_000))
+    h = make()
+    assert (await h.fetch(origin.url("until-close"))).data == b"x" * 100_000
+    assert (await h.fetch(origin.url("until-close"))).data == b"x" * 100_000
+    assert len(h.spy.connects) == 2  # never reused: the end of the body was the close
+
+
+async def test_connection_close_is_not_reused(origin: Origin, make: Any) -> None:
+    origin.handler(
+        "/close", _raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    )
+    h = make()
+    for _ in range(2):
+        assert (await h.fetch(origin.url("close"))).data == b"ok"
+    assert len(h.spy.connects) == 2
+
+
+async def test_interim_responses_are_skipped(origin: Origin, make: Any) -> None:
+    origin.handler(
+        "/interim",
+        _raw(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Type: image/x\r\n\r\nbody"
+        ),
+    )
+    result = await make().fetch(origin.url("interim"))
+    assert (result.data, result.content_type) == (b"body", "image/x")
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced(
+    origin: Origin, make: Any
+) -> None:
+    h = make()
+    await h.fetch(origin.url(f"files/{TINY_JPEG}"))
+    # The origin closes its side of the idle keep-alive connection (as servers do after
+    # their idle timeout); the next download goes out again on a new connection.
+    origin.handler(
+        "/then-close", _raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", close=True)
+    )
+    assert (await h.fetch(origin.url("then-close"))).data == b"ok"
+    await asyncio.sleep(0.2)  # let the close reach the pooled connection... or not
+    assert (await h.fetch(origin.url("then-close"))).data == b"ok"
+    assert len(h.spy.connects) == 2
+
+
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            "Content-Length",
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "transfer coding"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n", "CRLF"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", "connection closed"),
+        (b"HTTP/1.1 200 OK\r\nFolded: a\r\n b\r\nContent-Length: 0\r\n\r\n", "header line"),
+        (b"HTTP/1.1 OK\r\n\r\n", "status line"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "status line"),
+        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", "headers too large"),
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "protocol switch"),
+    ],
+)
+async def test_broken_framing_is_an_invalid_response(
+    origin: Origin, make: Any, response: bytes, reason: str
+) -> None:
+    origin.handler("/broken", _raw(response))
+    with pytest.raises(SourceError, match="invalid HTTP response") as caught:
+        await make().fetch(origin.url("broken"))
+    assert reason in caught.value.detail
+
+
+async def test_chunked_body_past_the_limit_is_refused(origin: Origin, make: Any) -> None:
+    chunk = b"1000\r\n" + b"y" * 4096 + b"\r\n"
+    origin.handler(
+        "/chunks", _raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 4)
+    )
+    with pytest.raises(SourceTooLarge):
+        await make(max_source_bytes=10_000).fetch(origin.url("chunks"))
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 only (no DNS name), and its key."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=imgsrv test origin", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_origin(certificate: tuple[Path, Path]) -> Iterator[Origin]:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(*certificate)
+    server = Origin(tls=server_context)
+    yield server
+    server.close()
+
+
+def _trusting(cert: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(cert))
+    return context
+
+
+async def test_https_source_is_verified_and_downloaded(
+    tls_origin: Origin, certificate: tuple[Path, Path]
+) -> None:
+    fetcher = SourceFetcher(make_settings(), ssl_context=_trusting(certificate[0]))
+    try:
+        url = tls_origin.url(f"files/{TINY_JPEG}")
+        for _ in range(2):
+            result = await fetcher.fetch(url)
+            assert result.data == (IMAGES_DIR / TINY_JPEG).read_bytes()
+        assert tls_origin.count(f"/files/{TINY_JPEG}") == 2
+    finally:
+        await fetcher.aclose()
+
+
+async def test_untrusted_certificate_is_refused(tls_origin: Origin) -> None:
+    fetcher = SourceFetcher(make_settings())  # the certifi bundle does not know the test CA
+    try:
+        with pytest.raises(SourceError, match=r"TLS certificate .* could not be verified"):
+            await fetcher.fetch(tls_origin.url(f"files/{TINY_JPEG}"))
+    finally:
+        await fetcher.aclose()
+
+
+async def test_certificate_for_another_name_is_refused(
+    tls_origin: Origin, certificate: tuple[Path, Path]
+) -> None:
+    tls_origin.reset()
+    fetcher = SourceFetcher(make_settings(), ssl_context=_trusting(certificate[0]))
+    try:
+        # The certificate names 127.0.0.1 only; "localhost" reaches the same server.
+        with pytest.raises(SourceError, match=r"could not be verified|could not connect"):
+            await fetcher.fetch(f"https://localhost:{tls_origin.port}/files/{TINY_JPEG}")
+        assert tls_origin.count(f"/files/{TINY_JPEG}") == 0
+    finally:
+        await fetcher.aclose()
+
+
+async def test_plain_http_to_a_tls_port_is_an_invalid_response(tls_origin: Origin) -> None:
+    fetcher = SourceFetcher(make_settings())
+    try:
+        with pytest.raises(SourceError):
+            await fetcher.fetch(f"http://127.0.0.1:{tls_origin.port}/files/{TINY_JPEG}")
+    finally:
+        await fetcher.aclose()

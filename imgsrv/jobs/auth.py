@@ -59,3 +59,18 @@ class ApiKeys:
     def key_of(self, tenant: str) -> str | None:
         """The (first) key of ``tenant``, used to sign its callbacks when no secret is set."""
         return self._keys.get(tenant)
+
+
+def bearer_tenant(keys: ApiKeys, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The tenant of the valid ``Authorization: Bearer`` key among raw ASGI ``headers``.
+
+    None without keys configured, without the header, or for a key that matches none.
+    """
+    if not keys:
+        return None
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            token = token.strip()
+            return keys.tenant(token) if scheme.lower() == "bearer" and token else None
+    return None

@@ -57,6 +57,7 @@ class Claim:
 
     job: Job
     token: str
+    waited: float = 0.0  # seconds the job was ready before this claim took it
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,7 @@ class JobQueue:
         self._release = script(scripts.RELEASE)
         self._cancel = script(scripts.CANCEL)
         self._maintain = script(scripts.MAINTAIN)
+        self._oldest_ready = script(scripts.OLDEST_READY)
         self._take_callbacks = script(scripts.TAKE_CALLBACKS)
         self._callback_result = script(scripts.CALLBACK_RESULT)
 
@@ -224,7 +226,11 @@ class JobQueue:
         flat, reaped = reply[0], int(reply[1])
         if not flat:
             return None, reaped
-        return Claim(Job.from_hash(_flat_to_hash(flat)), token), reaped
+        record = _flat_to_hash(flat)
+        job = Job.from_hash(record)
+        ready_at = int(record.get(b"ready_at", job.run_at))
+        waited = max(0, (job.started_at or ready_at) - ready_at) / 1000
+        return Claim(job, token, waited), reaped
 
     async def heartbeat(
         self, claim: Claim, results: list[JsonObject | None] | None = None
@@ -286,6 +292,11 @@ class JobQueue:
         reaped, high, normal, low, delayed, running, due = (int(v) for v in reply)
         ready = dict(zip(PRIORITIES, (high, normal, low), strict=True))
         return QueueStats(reaped, ready, delayed, running, due)
+
+    async def oldest_waits(self) -> dict[str, float]:
+        """Seconds the longest-waiting ready job of each priority has been ready (0 = none)."""
+        reply = await self._run(self._oldest_ready, self.depth_key)
+        return {p: int(ms) / 1000 for p, ms in zip(PRIORITIES, reply, strict=True)}
 
     async def take_callbacks(self, lease: float, count: int) -> list[str]:
         """Ids of jobs whose callback is due, held for ``lease`` seconds by the caller."""

@@ -25,6 +25,9 @@ Keys (``P`` = the prefix):
 ``P:submissions``               string: submissions so far (each one writes, see SUBMIT)
 ``P:tenant:<tenant>:<status>``  sorted set: a tenant's jobs in that status, for listing; scored by
                                 creation time while queued/running, by finish time after
+
+A job's hash records ``ready_at``, when it last joined a ready list (the age of the oldest
+waiting job is measured from it).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ local function push_ready(id, at_head)
     if at_head then redis.call('LPUSH', list, id) else redis.call('RPUSH', list, id) end
     if redis.call('LLEN', list) == 1 then redis.call('RPUSH', ring_key(priority), tenant) end
     redis.call('HINCRBY', P .. ':depth', priority, 1)
+    redis.call('HSET', key, 'ready_at', now_ms())
 end
 
 local function drop_ready(id, tenant, priority)
@@ -332,4 +336,29 @@ else
 end
 if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, 'callback', state) end
 return 1
+"""
+
+# KEYS[1] the depth key. Per priority (high, normal, low), the milliseconds for which the job
+# that has waited longest is ready: the oldest ``ready_at`` of the jobs at the head of each
+# tenant's ready list. A list is in the order its jobs became ready, except jobs handed back
+# by a stopping worker, which go first and are claimed first. At most 1000 tenants per
+# priority are looked at.
+OLDEST_READY = r"""
+local now = now_ms()
+local waits = {}
+for i, priority in ipairs(PRIORITIES) do
+    local oldest = now
+    local ring = ring_key(priority)
+    for _, tenant in ipairs(redis.call('LRANGE', ring, 0, 999)) do
+        local id = redis.call('LINDEX', ring .. ':' .. tenant, 0)
+        if id then
+            local key = job_key(id)
+            local since = tonumber(redis.call('HGET', key, 'ready_at')
+                or redis.call('HGET', key, 'run_at') or now)
+            if since < oldest then oldest = since end
+        end
+    end
+    waits[i] = now - oldest
+end
+return waits
 """

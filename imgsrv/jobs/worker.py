@@ -27,12 +27,12 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
 from imgsrv import metrics
 from imgsrv.config import ConfigError, Settings
 from imgsrv.drain import Drain
+from imgsrv.embedded_redis import running_embedded_url
 from imgsrv.errors import ImgsrvError, Overloaded
 from imgsrv.jobs.callbacks import CallbackSender
 from imgsrv.jobs.config import JobConfig
@@ -152,13 +152,7 @@ class JobWorker:
                 await self.callbacks.deliver_due()
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + STATS_INTERVAL
-                    stats = await self.queue.maintain()
-                    self._reaped(stats.reaped)
-                    for priority, depth in stats.ready.items():
-                        metrics.JOBS_QUEUED.labels(priority).set(depth)
-                    metrics.JOBS_DELAYED.set(stats.delayed)
-                    metrics.JOBS_RUNNING.set(stats.running)
-                    metrics.JOB_CALLBACKS_DUE.set(stats.callbacks_due)
+                    self._reaped(await record_queue_stats(self.queue))
             except QueueUnavailable as exc:
                 self._queue_state(exc)
             except Exception:
@@ -169,6 +163,7 @@ class JobWorker:
 
     async def _process(self, claim: Claim) -> None:
         job = claim.job
+        metrics.JOB_QUEUE_WAIT.observe(claim.waited)
         log_job(job, "running", worker=job.worker)
         run = _Run()
         work = asyncio.create_task(self._render_variants(claim, run))
@@ -321,6 +316,28 @@ class JobWorker:
 # --------------------------------------------------------------------------- running
 
 
+async def record_queue_stats(queue: JobQueue) -> int:
+    """Reap and promote, and set the queue gauges; returns how many leases were reaped."""
+    stats = await queue.maintain()
+    for priority, depth in stats.ready.items():
+        metrics.JOBS_QUEUED.labels(priority).set(depth)
+    metrics.JOBS_DELAYED.set(stats.delayed)
+    metrics.JOBS_RUNNING.set(stats.running)
+    metrics.JOB_CALLBACKS_DUE.set(stats.callbacks_due)
+    for priority, seconds in (await queue.oldest_waits()).items():
+        metrics.JOBS_OLDEST_WAIT.labels(priority).set(seconds)
+    return stats.reaped
+
+
+async def watch_queue(queue: JobQueue) -> None:
+    """Keep the queue gauges current in a server that runs no job worker itself (the gauges
+    the autoscalers read come from the servers' /metrics)."""
+    while True:
+        with contextlib.suppress(QueueUnavailable):
+            await record_queue_stats(queue)
+        await asyncio.sleep(STATS_INTERVAL)
+
+
 async def stop_worker(worker: JobWorker, task: asyncio.Task[None]) -> None:
     """Stop gracefully; after SHUTDOWN_GRACE the rest is cancelled (its leases then expire)."""
     worker.stop()
@@ -344,7 +361,12 @@ async def serve_jobs(
         return
     queue = JobQueue(runtime.redis, config)
     if runtime.settings.job_workers < 1:
-        yield queue
+        watcher = asyncio.create_task(watch_queue(queue))
+        try:
+            yield queue
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
         return
     worker = JobWorker(runtime, queue, config, runtime.settings.job_workers)
     task = asyncio.create_task(worker.run())
@@ -365,9 +387,9 @@ def worker_settings(settings: Settings) -> Settings:
     """
     if settings.redis_url:
         return settings
-    embedded = Path(settings.data_dir).resolve() / "redis" / "redis.sock"
-    if settings.embedded_redis and embedded.is_socket():
-        return dataclasses.replace(settings, redis_url=f"unix://{embedded}")
+    embedded = running_embedded_url(settings.data_dir) if settings.embedded_redis else None
+    if embedded is not None:
+        return dataclasses.replace(settings, redis_url=embedded)
     raise ConfigError(
         "imgsrv worker needs the job queue's Redis: set IMGSRV_REDIS_URL (or start it in the "
         "folder of an `imgsrv serve` running the embedded Redis)"

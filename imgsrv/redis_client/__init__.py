@@ -9,7 +9,9 @@ from imgsrv.redis_client.client import (
     check_redis,
     close_redis,
     connect_redis,
+    open_blocking_redis,
     open_redis,
+    warm_up,
 )
 from imgsrv.redis_client.topology import ReplicaWait, open_pubsub
 from imgsrv.redis_client.url import RedisTarget, RedisUrlError, parse_redis_url
@@ -24,7 +26,9 @@ __all__ = [
     "check_redis",
     "close_redis",
     "connect_redis",
+    "open_blocking_redis",
     "open_pubsub",
     "open_redis",
     "parse_redis_url",
+    "warm_up",
 ]

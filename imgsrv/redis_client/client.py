@@ -18,9 +18,15 @@ naming the setting.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+import redis
+import redis.cluster
+import redis.retry
+import redis.sentinel
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
@@ -31,6 +37,8 @@ from redis.exceptions import AuthenticationError, RedisClusterException, RedisEr
 from imgsrv.config import Settings
 from imgsrv.redis_client.cluster import ImgsrvRedisCluster
 from imgsrv.redis_client.url import RedisTarget, RedisUrlError, parse_redis_url
+
+log = logging.getLogger("imgsrv.redis")
 
 RedisClient: TypeAlias = Redis | RedisCluster
 
@@ -72,12 +80,46 @@ def command_timeout(settings: Settings) -> float:
     return settings.redis_timeout + max(0.0, float(settings.job_accept_timeout))
 
 
+@dataclass(frozen=True, slots=True)
+class _Flavour:
+    """The redis-py classes of one kind of client: asyncio, or blocking."""
+
+    redis: type[Any]
+    cluster: type[Any]
+    cluster_node: type[Any]
+    sentinel: type[Any]
+    retry: type[Any]
+
+
+ASYNCIO = _Flavour(Redis, ImgsrvRedisCluster, ClusterNode, Sentinel, Retry)
+BLOCKING = _Flavour(
+    redis.Redis, redis.RedisCluster, redis.cluster.ClusterNode, redis.sentinel.Sentinel,
+    redis.retry.Retry,
+)  # fmt: skip
+
+
 def open_redis(target: RedisTarget, connect_timeout: float, command_timeout: float) -> RedisClient:
-    """A client for ``target`` with these timeouts (seconds)."""
-    options = _connection_options(target, connect_timeout, command_timeout)
+    """An asyncio client for ``target`` with these timeouts (seconds)."""
+    client: RedisClient = _client(ASYNCIO, target, connect_timeout, command_timeout)
+    return client
+
+
+def open_blocking_redis(url: str, timeout: float) -> redis.Redis | redis.RedisCluster:
+    """A blocking client for ``url``, any topology, for one-shot commands (``imgsrv report``)."""
+    client: redis.Redis | redis.RedisCluster = _client(
+        BLOCKING, parse_redis_url(url), timeout, timeout
+    )
+    return client
+
+
+def _client(
+    flavour: _Flavour, target: RedisTarget, connect_timeout: float, command_timeout: float
+) -> Any:
+    retry = flavour.retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1)
+    options = _connection_options(target, connect_timeout, command_timeout, retry)
     if target.topology == "cluster":
-        return ImgsrvRedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        return flavour.cluster(
+            startup_nodes=[flavour.cluster_node(host, port) for host, port in target.nodes],
             # A slot without a master fails the keys of that slot (the L2 breaker's business),
             # not every command: the other masters keep serving.
             require_full_coverage=False,
@@ -87,36 +129,29 @@ def open_redis(target: RedisTarget, connect_timeout: float, command_timeout: flo
         sentinel_options: dict[str, Any] = {
             "socket_timeout": connect_timeout,
             "socket_connect_timeout": connect_timeout,
-            "retry": _retry(),
+            "retry": retry,
         }
         if target.sentinel_password:
             sentinel_options["password"] = target.sentinel_password
         if target.tls is not None:
             sentinel_options.update(_tls_options(target))
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-            list(target.nodes), sentinel_kwargs=sentinel_options, **options
-        )
-        master: Redis = sentinel.master_for(target.master, db=target.db)
-        return master
+        sentinel = flavour.sentinel(list(target.nodes), sentinel_kwargs=sentinel_options, **options)
+        return sentinel.master_for(target.master, db=target.db)
     if target.path:
-        return Redis(unix_socket_path=target.path, db=target.db, **options)
+        return flavour.redis(unix_socket_path=target.path, db=target.db, **options)
     host, port = target.nodes[0]
-    return Redis(host=host, port=port, db=target.db, **options)
-
-
-def _retry() -> Retry:
-    return Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1)
+    return flavour.redis(host=host, port=port, db=target.db, **options)
 
 
 def _connection_options(
-    target: RedisTarget, connect_timeout: float, command_timeout: float
+    target: RedisTarget, connect_timeout: float, command_timeout: float, retry: Any
 ) -> dict[str, Any]:
     options: dict[str, Any] = {
         "username": target.username,
         "password": target.password,
         "socket_timeout": command_timeout,
         "socket_connect_timeout": connect_timeout,
-        "retry": _retry(),
+        "retry": retry,
     }
     if target.topology != "cluster":
         options["health_check_interval"] = HEALTH_CHECK_INTERVAL
@@ -135,6 +170,19 @@ def _tls_options(target: RedisTarget) -> dict[str, Any]:
         "ssl_cert_reqs": target.tls.cert_reqs,
         "ssl_check_hostname": target.tls.check_hostname,
     }
+
+
+async def warm_up(client: RedisClient, timeout: float) -> None:
+    """Read a cluster's slot map and command table now, at start, rather than inside the first
+    request's short Redis deadline; nothing to do for other topologies. Failures are left to
+    the callers' own handling (the client initialises again on its next command)."""
+    if not isinstance(client, RedisCluster):
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await client.initialize()
+    except REDIS_ERRORS as exc:
+        log.warning("redis cluster not reachable at start", extra={"error": repr(exc)})
 
 
 async def close_redis(client: RedisClient) -> None:

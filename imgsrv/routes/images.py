@@ -21,7 +21,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imgsrv.balance import WorkerLoad, this_worker
 from imgsrv.config import Settings
+from imgsrv.egress import ANONYMOUS, EgressMeter
 from imgsrv.errors import ImgsrvError
+from imgsrv.jobs.auth import ApiKeys, bearer_tenant
 from imgsrv.negotiation import accepted_formats
 from imgsrv.render import Renderer, RenderResult
 from imgsrv.routes.problems import error_response
@@ -38,6 +40,7 @@ class ImageResponse:
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes = b""
+    result: RenderResult | None = None  # the image a 200 sends, for the egress count
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
@@ -69,6 +72,8 @@ class ImageEndpoint:
         except ImgsrvError as exc:
             response = error_response(exc, scope["path"], settings.error_cache_control)
         else:
+            if response.result is not None and scope["method"] == "GET":
+                _count_egress(state, scope, response.result)
             if load is not None and load.should_close():
                 # This worker holds more than its share of the requests: let the client
                 # reconnect, most likely to a less busy worker (see imgsrv.balance).
@@ -77,6 +82,16 @@ class ImageEndpoint:
 
 
 image_endpoint = ImageEndpoint()
+
+
+def _count_egress(state: State, scope: Scope, result: RenderResult) -> None:
+    """Count the body about to be sent towards the month's egress (HEAD sends none)."""
+    keys: ApiKeys = state.job_config.keys
+    tenant = bearer_tenant(keys, scope["headers"]) or ANONYMOUS
+    entry = result.entry
+    egress: EgressMeter = state.egress
+    transform_ms = result.timings.get("transform", 0.0)
+    egress.served(len(entry.data), entry.format, tenant, result.cache, transform_ms)
 
 
 class ImageRequests:
@@ -136,7 +151,7 @@ async def image_response(
         return ImageResponse(304, headers)
     headers.append((b"content-type", entry.content_type.encode()))
     headers.append((b"content-length", b"%d" % len(entry.data)))
-    return ImageResponse(200, headers, entry.data)
+    return ImageResponse(200, headers, entry.data, result)
 
 
 def _parse(scope: Scope, parser: UrlParser, renderer: Renderer) -> ParsedUrl:

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 
 import httpx
 
 from imgsrv.errors import SourceError
 
-# Codings httpx would decode. Sources are asked for identity; an origin that compresses anyway
-# gets gzip and deflate decoded with a bound on the output, and the others refused, since a
-# small compressed body can expand to far more than the byte limit.
+# Codings that HTTP clients commonly decode. Sources are asked for identity; an origin that
+# compresses anyway gets gzip and deflate decoded with a bound on the output, and the others
+# refused, since a small compressed body can expand to far more than the byte limit.
 _INFLATE_WBITS = {"gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
 _COMPRESSIONS = frozenset({*_INFLATE_WBITS, "br", "zstd"})
 
 
-def inflater_for(headers: httpx.Headers, url: httpx.URL) -> Inflater | None:
-    """A decoder for the body's Content-Encoding, or None when it needs none."""
-    if "content-encoding" not in headers:
+def inflater_for(headers: Mapping[str, str], url: httpx.URL) -> Inflater | None:
+    """A decoder for the body's Content-Encoding (``headers`` has lower-case names, repeated
+    headers joined by commas), or None when it needs none."""
+    value = headers.get("content-encoding")
+    if value is None:
         return None
-    codings = [c.strip().lower() for c in headers.get_list("content-encoding", split_commas=True)]
+    codings = [c.strip().lower() for c in value.split(",")]
     # Other values (identity, or tokens nobody knows) leave the body as it is, as in httpx.
     compressions = [c for c in codings if c in _COMPRESSIONS]
     if not compressions:

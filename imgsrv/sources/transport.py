@@ -1,4 +1,4 @@
-"""The HTTP transport under the SSRF guard, shared by source downloads and callbacks.
+"""The httpx transport under the SSRF guard, for job callbacks.
 
 Checking a hostname's addresses and then letting the HTTP client resolve it again would leave a
 DNS-rebinding window: the second answer could be ``127.0.0.1``. So resolution and the check
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import socket
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
@@ -33,8 +31,9 @@ from typing import Any
 import httpcore
 import httpx
 
-from imgsrv.errors import ForbiddenSource, SourceError
-from imgsrv.sources.addresses import IPAddress, IPNetwork, address_allowed, parse_ip_literal
+from imgsrv.errors import ForbiddenSource
+from imgsrv.sources.addresses import IPAddress, IPNetwork
+from imgsrv.sources.resolver import resolve_checked
 
 # Connection pool shape: one pool per process, shared by every download.
 POOL_MAX_CONNECTIONS = 100
@@ -68,32 +67,10 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         try:
             async with asyncio.timeout(timeout):
-                addresses = await self._resolve(host, port)
-                if not all(address_allowed(a, self._allowed) for a in addresses):
-                    raise ForbiddenSource(f"source host {host!r} resolves to a non-public address")
+                addresses = await resolve_checked(host, port, self._allowed)
                 return await self._connect_any(addresses, port, local_address, socket_options)
         except TimeoutError:
             raise httpcore.ConnectTimeout(f"connecting to {host} timed out") from None
-
-    async def _resolve(self, host: str, port: int) -> list[IPAddress]:
-        literal = parse_ip_literal(host)
-        if literal is not None:
-            return [literal]
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError):
-            raise SourceError(f"could not resolve source host {host!r}") from None
-        addresses: list[IPAddress] = []
-        for _family, _type, _proto, _name, sockaddr in infos:
-            # Scope ids (fe80::1%eth0) only occur on link-local addresses, which are refused
-            # unless allowed; keep the scope so such an allowed address stays reachable.
-            address = ipaddress.ip_address(str(sockaddr[0]))
-            if address not in addresses:
-                addresses.append(address)
-        if not addresses:
-            raise SourceError(f"could not resolve source host {host!r}")
-        return addresses
 
     async def _connect_any(
         self,
@@ -144,13 +121,6 @@ _HTTPCORE_TO_HTTPX: dict[type[Exception], type[httpx.TransportError]] = {
     httpcore.UnsupportedProtocol: httpx.UnsupportedProtocol,
     httpcore.ProxyError: httpx.ProxyError,
 }
-# What a download can fail with below the HTTP layer: httpx's errors, and httpcore's own while a
-# body is read without the httpx wrapper (see ``GuardedTransport(httpx_body_errors=False)``).
-TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
-    httpx.TransportError,
-    ssl.SSLError,
-    *_HTTPCORE_TO_HTTPX,
-)
 
 
 @contextlib.contextmanager
@@ -185,28 +155,11 @@ class _ResponseStream(httpx.AsyncByteStream):
                 await close()
 
 
-class _CoreResponseStream(httpx.AsyncByteStream):
-    """An httpcore response body as an httpx stream, each chunk handed on without a wrapper."""
-
-    def __init__(self, stream: AsyncIterable[bytes]) -> None:
-        self._stream = stream
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._stream.__aiter__()
-
-    async def aclose(self) -> None:
-        close = getattr(self._stream, "aclose", None)
-        if close is not None:
-            await close()
-
-
 class GuardedTransport(httpx.AsyncBaseTransport):
     """An httpx transport whose TCP connections all go through :class:`GuardedNetworkBackend`.
 
     HTTP/1.1 with keep-alive, TLS verified against the system-independent certifi bundle, never
-    a proxy. Errors are httpx exceptions, except with ``httpx_body_errors=False``: then errors
-    while a response body is read are httpcore's, which spares every chunk a wrapper when the
-    caller maps both kinds anyway (as :class:`SourceFetcher` does).
+    a proxy; errors are httpx exceptions throughout.
     """
 
     def __init__(
@@ -218,9 +171,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         max_connections: int = POOL_MAX_CONNECTIONS,
         max_keepalive_connections: int = POOL_MAX_KEEPALIVE,
         keepalive_expiry: float = POOL_KEEPALIVE_EXPIRY,
-        httpx_body_errors: bool = True,
     ) -> None:
-        self._httpx_body_errors = httpx_body_errors
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
             max_connections=max_connections,
@@ -250,15 +201,10 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             core_response = await self._pool.handle_async_request(core_request)
         if not isinstance(core_response.stream, AsyncIterable):
             raise TypeError("httpcore returned a sync response stream")
-        stream: httpx.AsyncByteStream
-        if self._httpx_body_errors:
-            stream = _ResponseStream(core_response.stream, request)
-        else:
-            stream = _CoreResponseStream(core_response.stream)
         return httpx.Response(
             status_code=core_response.status,
             headers=core_response.headers,
-            stream=stream,
+            stream=_ResponseStream(core_response.stream, request),
             extensions=core_response.extensions,
         )
 

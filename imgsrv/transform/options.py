@@ -26,6 +26,9 @@ class TransformOptions:
     avif_quality: int = 60
     avif_effort: int = 2
     png_compression: int = 6
+    auto_formats: tuple[str, ...] = ("avif", "webp")
+    """The accepted formats ``f:auto`` may choose ({"avif", "webp"} at most); the others of
+    ``accepted`` are ignored."""
     jpeg_shrink_headroom: bool = False
     """Decode JPEGs at twice the target scale or more (libvips' thumbnail rule) instead of the
     smallest DCT scale that covers the target: sharper by a little, about 15% more CPU."""

@@ -61,7 +61,8 @@ def transform(
     """Render ``data`` (an encoded source image) as ``spec`` asks.
 
     ``accepted`` is the set of optional formats ({"avif", "webp"} at most) the client takes;
-    it only matters for ``f:auto``. Blocking and CPU-bound: run it on a worker thread.
+    it only matters for ``f:auto``, which picks among those ``options.auto_formats`` allows.
+    Blocking and CPU-bound: run it on a worker thread.
 
     Raises only imgsrv errors: :class:`UnsupportedFormat` (no loader, JPEG XL, HEVC, SVG
     when disabled), :class:`ImageTooLarge` (pixel or frame limits, checked before decoding),
@@ -71,7 +72,8 @@ def transform(
     with vips_errors("cannot decode the image"):
         header = read_header(data, options)
         check_decodable(header)
-        output_format: OutputFormat = choose_output_format(spec, header, accepted)
+        usable = accepted.intersection(options.auto_formats)
+        output_format: OutputFormat = choose_output_format(spec, header, usable)
         animated = keeps_animation(header, output_format)
         check_source_limits(header, animated, options)
         state = decode(data, header, spec, output_format, animated, options)
