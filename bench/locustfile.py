@@ -10,17 +10,26 @@ User classes (name the one to run on the command line):
 
 * ``MissUser``: every request a new source URL (``{n}`` in a template from
   ``BENCH_MISS_TEMPLATES``, a JSON list, replaced by a unique id): fetch + transform.
+* ``CdnUser``: what a CDN sends an origin: like MissUser over several templates, with the
+  headers of ``BENCH_HEADERS`` (a browser's ``Accept``); ``BENCH_HEAD_RATIO`` of requests are
+  ``HEAD`` of a new URL and ``BENCH_REVALIDATE_RATIO`` repeat a URL this user got before with
+  ``If-None-Match`` set to its ETag (expecting 304).
 * ``HitUser``: Zipf-distributed over the paths of ``BENCH_HIT_PATHS`` (one per line, most
   popular first), which the runner warms first.
 * ``MixedUser``: ``BENCH_HIT_RATIO`` (default 0.9) of requests like HitUser, the rest like
   MissUser.
+* ``FairAUser`` / ``FairBUser``: two clients told apart by API key (``Authorization: Bearer``
+  with ``BENCH_FAIR_A_KEY`` / ``BENCH_FAIR_B_KEY``). A is ``BENCH_FAIR_A_USERS`` closed-loop
+  users (misses in flight all the time); B is ``BENCH_FAIR_B_USERS`` users that each send
+  ``BENCH_FAIR_B_RATE`` misses per second. Their requests are named ``a`` and ``b``.
 * ``JobUser``: submits ``POST /v1/jobs`` at ``BENCH_JOB_RATE`` jobs/s per user (API key in
   ``BENCH_JOBS_API_KEY``), run together with a sync user class for the ``jobs`` scenario.
 
-Every request is also recorded raw (start time, latency, status, Retry-After present) and
-written as JSON to ``BENCH_SAMPLES.<pid>`` when the process quits, so the runner computes
-exact percentiles over a window that leaves out the ramp-up. ``BENCH_MAX_REQUESTS`` caps
-the requests of one locust process (a safety bound on top of ``--run-time``).
+Every request is also recorded raw (start time, latency, status, the Retry-After of a 503,
+request name, body bytes) and written as JSON to ``BENCH_SAMPLES.<pid>`` when the process
+quits, so the runner computes exact percentiles over a window that leaves out the ramp-up.
+``BENCH_MAX_REQUESTS`` caps the requests of one locust process (a safety bound on top of
+``--run-time``).
 """
 
 from __future__ import annotations
@@ -41,6 +50,11 @@ HIT_RATIO = float(os.environ.get("BENCH_HIT_RATIO", "0.9"))
 JOB_RATE = float(os.environ.get("BENCH_JOB_RATE", "1"))
 JOBS_API_KEY = os.environ.get("BENCH_JOBS_API_KEY", "")
 JOB_SOURCE = os.environ.get("BENCH_JOB_SOURCE", "")
+HEADERS: dict[str, str] = json.loads(os.environ.get("BENCH_HEADERS", "{}"))
+HEAD_RATIO = float(os.environ.get("BENCH_HEAD_RATIO", "0.05"))
+REVALIDATE_RATIO = float(os.environ.get("BENCH_REVALIDATE_RATIO", "0.05"))
+FAIR_A_KEY = os.environ.get("BENCH_FAIR_A_KEY", "")
+FAIR_B_KEY = os.environ.get("BENCH_FAIR_B_KEY", "")
 SAMPLES = os.environ.get("BENCH_SAMPLES", "")
 MAX_REQUESTS = int(os.environ.get("BENCH_MAX_REQUESTS", "0"))
 TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "30"))
@@ -60,7 +74,9 @@ def _load_hit_paths() -> tuple[list[str], list[float]]:
 
 HIT_PATHS, HIT_CUMULATIVE = _load_hit_paths()
 _counter = itertools.count()
-_samples: list[tuple[float, float, int, int, str]] = []
+_samples: list[tuple[float, float, int, float | None, str, int]] = []
+# URLs (with their ETags) a CdnUser keeps for revalidation; older ones are replaced.
+SEEN_LIMIT = 64
 _sent = 0
 
 
@@ -87,32 +103,83 @@ class _BenchUser(FastHttpUser):
     network_timeout = TIMEOUT
     connection_timeout = TIMEOUT
 
-    def get(self, path: str, name: str) -> None:
+    def send(
+        self, path: str, name: str, headers: dict[str, str] | None = None, method: str = "GET"
+    ) -> Any:
+        """One request; every status is an answer (the runner classifies them all)."""
         _budget()
-        with self.client.get(path, name=name, catch_response=True) as response:
-            # 503 is an answer, not a client failure: the runner classifies every status.
+        with self.client.request(
+            method, path, name=name, headers=headers, catch_response=True
+        ) as response:
             response.success()
+        return response
 
 
 class MissUser(_BenchUser):
     @task
     def miss(self) -> None:
-        self.get(next_miss_path(), "miss")
+        self.send(next_miss_path(), "miss", HEADERS or None)
+
+
+class CdnUser(_BenchUser):
+    """New URLs with a browser's Accept, some HEAD, some revalidations of earlier answers."""
+
+    def on_start(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    @task
+    def cdn(self) -> None:
+        draw = random.random()
+        if draw < REVALIDATE_RATIO and self.seen:
+            path, etag = random.choice(self.seen)
+            self.send(path, "revalidate", {**HEADERS, "If-None-Match": etag})
+        elif REVALIDATE_RATIO <= draw < REVALIDATE_RATIO + HEAD_RATIO:
+            self.send(next_miss_path(), "head", HEADERS, method="HEAD")
+        else:
+            path = next_miss_path()
+            response = self.send(path, "miss", HEADERS)
+            tag = response.headers.get("ETag") if response.status_code == 200 else None
+            if isinstance(tag, str) and tag:
+                if len(self.seen) < SEEN_LIMIT:
+                    self.seen.append((path, tag))
+                else:
+                    self.seen[random.randrange(SEEN_LIMIT)] = (path, tag)
 
 
 class HitUser(_BenchUser):
     @task
     def hit(self) -> None:
-        self.get(next_hit_path(), "hit")
+        self.send(next_hit_path(), "hit")
 
 
 class MixedUser(_BenchUser):
     @task
     def mixed(self) -> None:
         if random.random() < HIT_RATIO:
-            self.get(next_hit_path(), "hit")
+            self.send(next_hit_path(), "hit")
         else:
-            self.get(next_miss_path(), "miss")
+            self.send(next_miss_path(), "miss")
+
+
+class FairAUser(_BenchUser):
+    """Client A: closed loop, so it always has its users' misses in flight."""
+
+    fixed_count = int(os.environ.get("BENCH_FAIR_A_USERS", "64"))
+
+    @task
+    def miss(self) -> None:
+        self.send(next_miss_path(), "a", {"Authorization": f"Bearer {FAIR_A_KEY}"})
+
+
+class FairBUser(_BenchUser):
+    """Client B: a steady trickle of misses, whatever A does."""
+
+    fixed_count = int(os.environ.get("BENCH_FAIR_B_USERS", "8"))
+    wait_time = constant_throughput(float(os.environ.get("BENCH_FAIR_B_RATE", "0.5")))
+
+    @task
+    def miss(self) -> None:
+        self.send(next_miss_path(), "b", {"Authorization": f"Bearer {FAIR_B_KEY}"})
 
 
 class JobUser(FastHttpUser):
@@ -153,11 +220,21 @@ def _record(
     status = int(getattr(response, "status_code", 0) or 0)
     if exception is not None and status in (0, 200):
         status = 0  # connection error or timeout
-    retry_after = 0
-    if status == 503 and response is not None and response.headers.get("Retry-After"):
-        retry_after = 1
+    retry_after: float | None = None
+    if status == 503 and response is not None:
+        retry_after = _seconds(response.headers.get("Retry-After"))
     started = start_time if start_time is not None else time.time() - response_time / 1000
-    _samples.append((started, response_time, status, retry_after, name))
+    _samples.append((started, response_time, status, retry_after, name, int(response_length)))
+
+
+def _seconds(value: str | None) -> float | None:
+    """A Retry-After in seconds (-1 when it is there but not a number), None when absent."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return -1.0
 
 
 @events.quitting.add_listener

@@ -7,9 +7,10 @@ Redis, then runs every scenario with its contenders interleaved, and writes:
 * the same as a markdown table with the target ratios (``.md`` next to the JSON),
 * a PNG chart of throughput and p99 per contender (``.png`` next to the JSON).
 
-``--quick`` runs every scenario and contender briefly (under 3 minutes once the
-virtualenvs under ``bench/.work/`` exist); ``--smoke`` runs imgsrv alone for seconds, to
-check the harness (used by the test suite). See bench/README.md.
+``--quick`` runs every scenario and contender briefly (under 8 minutes once the
+virtualenvs under ``bench/.work/`` exist); ``--smoke`` runs imgsrv alone over a subset of
+the scenarios for seconds each, to check the harness (used by the test suite). See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -44,11 +45,14 @@ from bench.harness import (  # noqa: E402
     versions,
 )
 from bench.harness.context import TIMINGS, Bench  # noqa: E402
-from bench.harness.scenarios import SCENARIOS, skipped  # noqa: E402
+from bench.harness.scenarios import SCENARIOS, SMOKE_SCENARIOS, skipped  # noqa: E402
 
 DEFAULT_WORK = REPO / "bench" / ".work"
 RESULTS = REPO / "bench" / "results"
-ALL_CONTENDERS = ("imgsrv", "ceiling", "pipeline", "bare", "thumbor", "loadgen")
+ALL_CONTENDERS = (
+    "imgsrv", "imgsrv_wrk", "imgsrv_c16", "ceiling", "pipeline", "bare", "thumbor", "loadgen",
+)  # fmt: skip
+SMOKE_CONTENDERS = ("imgsrv", "imgsrv_wrk")
 
 
 def log(message: str) -> None:
@@ -60,15 +64,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="imgsrv benchmark: imgsrv vs the libvips ceiling, bare starlette, thumbor"
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="every scenario, briefly (< 3 min)")
-    mode.add_argument("--smoke", action="store_true", help="imgsrv alone, seconds (CI)")
+    mode.add_argument("--quick", action="store_true", help="every scenario, briefly (< 8 min)")
+    mode.add_argument("--smoke", action="store_true", help="imgsrv alone, a subset (CI)")
     parser.add_argument("--out", type=Path, help="also write the results JSON here")
     parser.add_argument(
         "--work", type=Path, default=DEFAULT_WORK,
         help="scratch folder: sources, logs, virtualenvs (default bench/.work)",
     )  # fmt: skip
     parser.add_argument(
-        "--scenarios", default=",".join(SCENARIOS), help="comma-separated subset to run"
+        "--scenarios",
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (--smoke: "
+        f"{','.join(SMOKE_SCENARIOS)})",
     )
     parser.add_argument(
         "--contenders", help=f"comma-separated subset of {','.join(ALL_CONTENDERS)}"
@@ -95,14 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     timing = TIMINGS[mode]
     if args.rounds:
         timing = type(timing)(**{**timing.__dict__, "rounds": args.rounds})
-    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    default_scenarios = SMOKE_SCENARIOS if args.smoke else tuple(SCENARIOS)
+    scenarios = [s.strip() for s in (args.scenarios or ",".join(default_scenarios)).split(",")]
+    scenarios = [s for s in scenarios if s]
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}")
-    default_contenders = ("imgsrv",) if args.smoke else ALL_CONTENDERS
+    default_contenders = SMOKE_CONTENDERS if args.smoke else ALL_CONTENDERS
     contenders = frozenset(
         c.strip() for c in (args.contenders or ",".join(default_contenders)).split(",")
     )
+    if contenders - set(ALL_CONTENDERS):
+        names = ", ".join(sorted(contenders - set(ALL_CONTENDERS)))
+        raise SystemExit(f"unknown contender(s): {names}")
     procs.install_signal_handlers()
     started = time.monotonic()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -148,13 +159,17 @@ def run(
     # probe.jpg: the bytes of a hit response (the ceiling's output for the hit transform),
     # served by the origin to measure the load generator's own capacity.
     ceiling.configure()
-    photo = sources[images.PHOTO_1920.name].read_bytes()
+    encoders = ceiling.encoders()
+    hit_job = ceiling.Job(str(sources[images.PHOTO_1920.name]), ceiling.WIDTH)
     (work / "sources" / "probe.jpg").write_bytes(
-        ceiling.vips_transform(photo, "jpeg", ceiling.WIDTH, ceiling.target_height(photo, 300))
+        ceiling.vips_transform(ceiling.prepare(hit_job, encoders))
     )
     thumbor_venv = None
+    thumbor_avif = False
     if "thumbor" in contenders and not args.smoke:
         thumbor_venv = venvs.thumbor_venv(work)
+        thumbor_avif = servers.thumbor_writes_avif(thumbor_venv)
+        log(f"thumbor's automatic format: {'AVIF' if thumbor_avif else 'WebP'}")
     py_spy = venvs.py_spy(work) if args.profile else None
     use_wrk = loadgen.wrk_available() and not args.no_wrk
 
@@ -176,6 +191,8 @@ def run(
         py_spy=py_spy,
         profile_dir=RESULTS / "profiles" / mode if args.profile else None,
         log=log,
+        thumbor_avif=thumbor_avif,
+        encoders=encoders,
     )
     bench.commands.update(
         {
@@ -194,15 +211,15 @@ def run(
         except Exception as exc:
             # One broken scenario must not cost the others' results: record it and go on.
             log(f"scenario {name} failed:\n{traceback.format_exc()}")
-            users = 256 if name == "overload" else 32
+            users = 256 if name.startswith("overload") else 32
             results[name] = skipped(users, f"failed: {type(exc).__name__}: {exc}"[:500])
-    return {
-        "versions": versions.collect(
-            thumbor_venv, servers.redis_binary(), the_origin.kind, "wrk" if use_wrk else "locust"
-        ),
-        "commands": bench.commands,
-        "scenarios": results,
-    }
+    found = versions.collect(
+        thumbor_venv, servers.redis_binary(), the_origin.kind, "wrk" if use_wrk else "locust"
+    )
+    if thumbor_venv is not None:
+        found["thumbor_auto_format"] = "avif (AUTO_AVIF)" if thumbor_avif else "webp (AUTO_WEBP)"
+    document = {"versions": found, "commands": bench.commands, "scenarios": results}
+    return report.derive(document)
 
 
 def write_outputs(document: dict[str, object], args: argparse.Namespace, mode: str) -> None:
@@ -214,7 +231,7 @@ def write_outputs(document: dict[str, object], args: argparse.Namespace, mode: s
     if args.out:
         targets.append(args.out)
     complete = not (args.smoke or args.profile or args.contenders or args.rounds) and (
-        args.scenarios == ",".join(SCENARIOS)
+        args.scenarios is None
     )
     if complete:
         # Only a whole, unprofiled run is kept as the dated results of the suite.
@@ -224,11 +241,11 @@ def write_outputs(document: dict[str, object], args: argparse.Namespace, mode: s
     for path in targets:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        path.with_suffix(".md").write_text(report.markdown(document))  # type: ignore[arg-type]
+        path.with_suffix(".md").write_text(report.markdown(document))
         log(f"wrote {path} and {path.with_suffix('.md')}")
         if not args.no_chart and mode != "smoke":
             write_chart(path, path.with_suffix(".png"), args.work.resolve())
-    print(report.markdown(document))  # type: ignore[arg-type]
+    print(report.markdown(document))
 
 
 def write_chart(results: Path, png: Path, work: Path) -> None:

@@ -4,11 +4,13 @@ Sync requests and job workers both call :meth:`Renderer.render`:
 
 1. L1 (process memory) hit -> done, no libvips, no Redis;
 2. concurrent identical misses in this process share one flight;
-3. L2 (Redis) hit -> fill L1, done;
-4. a short Redis lock lets one process across all instances render while the others wait for
-   its L2 entry (bounded wait, then they render themselves);
-5. fetch the source (downloads of one source are shared and kept for a moment), transform on
-   the bounded pool, store in L1 and L2.
+3. L2 (Redis) hit -> fill L1, done; on a miss the same round trip takes a short render lock,
+   so that one process across all instances renders while the others wait for its L2 entry
+   (bounded wait, then they render themselves);
+4. fetch the source (downloads of one source are shared and kept for a moment), transform on
+   the bounded pool, store in L1 and L2, releasing the lock in the same round trip as the store.
+
+A miss costs two Redis round trips: lookup-or-lock, store-and-unlock.
 
 The event loop only awaits; every libvips call happens on the pool.
 """
@@ -188,30 +190,43 @@ class Renderer:
         if self.l2 is None:
             return await self._render_and_store(miss)
         started = time.perf_counter()
-        entry = await self._l2_get(key, spec, use_l1)
-        if entry is not None:
-            return RenderResult(entry, "l2", {"cache": _ms_since(started)})
-        if miss.admission is None:  # shed before taking the lock others would wait on
+        if miss.admission is None:
+            # Background work needs no place for an L2 hit: look first, then shed before
+            # taking the lock that others would wait on.
+            entry = await self._l2_get(key, spec, use_l1)
+            if entry is not None:
+                return RenderResult(entry, "l2", {"cache": _ms_since(started)})
             self.pool.check_capacity(miss.reserve)
-        token = await self.l2.acquire_lock(key, spec.source, self.tuning.lock_ttl_ms)
-        if token is None:
+        # One round trip: the entry, else the render lock.
+        found = await self.l2.lookup(key, spec.source, spec.ttl, self.tuning.lock_ttl_ms)
+        if miss.admission is not None or found.entry is not None:
+            self._count_l2(found.entry, key, spec.source, use_l1)
+        if found.entry is not None:
+            return RenderResult(found.entry, "l2", {"cache": _ms_since(started)})
+        if found.token is None:
             entry = await self._wait_for_other_render(key, spec, use_l1)
             if entry is not None:
                 metrics.COALESCED.labels("lock").inc()
                 return RenderResult(entry, "l2", {"cache": _ms_since(started)})
             return await self._render_and_store(miss)
         try:
-            return await self._render_and_store(miss)
-        finally:
-            await self.l2.release_lock(key, spec.source, token)
+            # The store releases the lock in the same round trip.
+            return await self._render_and_store(miss, found.token)
+        except BaseException:
+            await self.l2.release_lock(key, spec.source, found.token)
+            raise
 
     async def _l2_get(self, key: str, spec: TransformSpec, use_l1: bool) -> CacheEntry | None:
         assert self.l2 is not None
         entry = await self.l2.get(key, spec.source, spec.ttl)
+        self._count_l2(entry, key, spec.source, use_l1)
+        return entry
+
+    def _count_l2(self, entry: CacheEntry | None, key: str, source: str, use_l1: bool) -> None:
+        """Count an L2 lookup's outcome; a hit also fills L1 (unless background work)."""
         metrics.CACHE_EVENTS.labels("l2", "miss" if entry is None else "hit").inc()
         if entry is not None and self.l1 is not None and use_l1:
-            self._l1_put(key, entry, spec.source)
-        return entry
+            self._l1_put(key, entry, source)
 
     async def _wait_for_other_render(
         self, key: str, spec: TransformSpec, use_l1: bool
@@ -228,7 +243,8 @@ class Renderer:
                 return None
         return None
 
-    async def _render_and_store(self, miss: _Miss) -> RenderResult:
+    async def _render_and_store(self, miss: _Miss, lock_token: str | None = None) -> RenderResult:
+        """Fetch, transform and store in L1 and L2 (releasing ``lock_token``'s render lock)."""
         key, spec, accepted = miss.key, miss.spec, miss.accepted
         admission, source, fetch_ms = await self._admit_and_fetch(
             spec.source, miss.reserve, miss.admission
@@ -247,7 +263,7 @@ class Renderer:
         entry = to_entry(image)
         if self.l1 is not None and miss.reserve == 0:
             self._l1_put(key, entry, spec.source)
-        if self.l2 is not None and await self.l2.put(key, entry, spec.ttl, spec.source):
+        if self.l2 is not None and await self.l2.put(key, entry, spec.ttl, spec.source, lock_token):
             metrics.CACHE_EVENTS.labels("l2", "store").inc()
         timings = {"fetch": fetch_ms, "transform": transform_s * 1000}
         return RenderResult(entry, "miss", timings)

@@ -1,14 +1,16 @@
 """The benchmark harness still works: a seconds-long ``bench/run.py --smoke`` of imgsrv alone.
 
 Only the harness is checked (it runs, stops everything it started, and writes the results
-document in its documented shape); no number is compared with anything, because numbers on
-a shared machine are noise at this length.
+document in its documented shape for every scenario the smoke run covers); no number is
+compared with anything, because numbers on a shared machine are noise at this length. The
+target arithmetic is checked on a made-up document instead.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +20,13 @@ import pytest
 
 from bench.harness import report
 from bench.harness.proctree import tree_pids
+from bench.harness.scenarios import SCENARIOS, SMOKE_SCENARIOS
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT = 150
+# Contenders of the smoke run's scenarios (imgsrv otherwise); wrk joins the miss workloads.
+EXPECTED_CONTENDERS = {"fairness": {"imgsrv_a", "imgsrv_b", "imgsrv_b_idle"}}
+WRK_SCENARIOS = set(report.MISS_SCENARIOS)
 
 Smoke = tuple[subprocess.CompletedProcess[str], Path]
 
@@ -65,19 +71,44 @@ def test_results_have_the_documented_shape(
     document = json.loads(out.read_text())
     assert report.shape_problems(document) == []
     assert set(document) == {"versions", "commands", "scenarios"}
-    assert list(document["scenarios"]) == list(report.SCENARIOS)
+    assert list(document["scenarios"]) == list(SMOKE_SCENARIOS)
     for name, scenario in document["scenarios"].items():
         assert isinstance(scenario["concurrency"], int), name
         assert isinstance(scenario["duration_s"], int | float), name
+        assert not scenario.get("skipped") or name == "jobs", (name, scenario.get("skipped"))
         if scenario.get("skipped"):
             assert isinstance(scenario["skipped"], str) and scenario["contenders"] == {}
             continue
-        # --smoke measures imgsrv alone.
-        assert set(scenario["contenders"]) == {"imgsrv"}, name
-        metrics = scenario["contenders"]["imgsrv"]
-        for key in report.METRIC_KEYS:
-            assert metrics[key] >= 0, (name, key)
-        assert isinstance(metrics["errors"], int)
+        # --smoke measures imgsrv alone (under locust, and wrk where a miss workload has it).
+        expected = EXPECTED_CONTENDERS.get(name, {"imgsrv"})
+        if name in WRK_SCENARIOS and shutil.which("wrk"):
+            expected = expected | {"imgsrv_wrk"}
+        assert set(scenario["contenders"]) == expected, name
+        for contender, metrics in scenario["contenders"].items():
+            for key in report.METRIC_KEYS:
+                assert metrics[key] >= 0, (name, contender, key)
+            assert isinstance(metrics["errors"], int)
+            extra = metrics["extra"]
+            assert extra["requests_ok"] >= 0 and extra["bytes_per_response"] >= 0
+            assert extra["server_cpu_s"] >= 0
+
+
+def test_cpu_per_response_counts_the_servers_and_redis(smoke: Smoke) -> None:
+    _, out = smoke
+    miss = json.loads(out.read_text())["scenarios"]["miss"]["contenders"]["imgsrv"]
+    # A miss costs the server CPU, some of it Redis's: both measured, Redis inside the total.
+    assert miss["extra"]["requests_ok"] > 0
+    assert miss["cpu_ms_per_ok"] > miss["extra"]["redis_cpu_ms_per_ok"] > 0
+
+
+def test_overload_reports_refusals_with_their_retry_after(smoke: Smoke) -> None:
+    _, out = smoke
+    over = json.loads(out.read_text())["scenarios"]["overload"]["contenders"]["imgsrv"]
+    extra = over["extra"]
+    if extra.get("shed"):
+        assert extra["retry_after"]["responses"] == extra["shed"]
+        assert extra["shed_without_retry_after"] == extra["retry_after"]["missing"]
+        assert "cpu_ms_per_refusal" in extra and "best_goodput_below" in extra
 
 
 def test_markdown_lists_every_scenario(
@@ -85,8 +116,14 @@ def test_markdown_lists_every_scenario(
 ) -> None:
     _, out = smoke
     table = out.with_suffix(".md").read_text()
-    for name in report.SCENARIOS:
+    for name in SMOKE_SCENARIOS:
         assert f"| {name} |" in table
+    assert "| CPU ms/ok |" in table
+
+
+def test_every_scenario_is_in_the_report() -> None:
+    assert tuple(SCENARIOS) == report.SCENARIOS
+    assert set(SMOKE_SCENARIOS) <= set(SCENARIOS)
 
 
 def _mentions(pid: int, text: bytes) -> bool:
@@ -106,3 +143,54 @@ def test_nothing_is_left_running(smoke: Smoke) -> None:
     work = str(out.parent / "work").encode()
     leftovers = [pid for pid in tree_pids([1]) if _mentions(pid, work)]
     assert not leftovers
+
+
+def _made_up(rps: float, cpu: float, errors: int = 0, **extra: object) -> dict[str, object]:
+    ok = int(rps * 10)
+    return {
+        "rps": rps, "cpu_ms_per_ok": cpu, "p50_ms": 100.0, "p95_ms": 120.0, "p99_ms": 125.0,
+        "errors": errors, "peak_rss_mb": 1.0, "extra": {"requests_ok": ok, **extra},
+    }  # fmt: skip
+
+
+def _document(imgsrv_errors: int = 0) -> dict[str, object]:
+    miss = {
+        "imgsrv": _made_up(80, 12.0, imgsrv_errors),
+        "imgsrv_wrk": _made_up(90, 12.5),
+        "pipeline": _made_up(100, 11.0),
+        "thumbor": _made_up(70, 13.0),
+    }
+    # 850 responses at 12 ms and 10,000 refusals in 11.2 s of CPU: 0.1 ms per refusal.
+    overload = {"imgsrv": _made_up(85, 13.2, shed=10_000, server_cpu_s=11.2)}
+    return {
+        "versions": {}, "commands": {},
+        "scenarios": {
+            "miss": {"concurrency": 32, "duration_s": 10, "contenders": miss},
+            "overload": {"concurrency": 256, "duration_s": 10, "contenders": overload},
+        },
+    }  # fmt: skip
+
+
+def test_targets_combine_scenarios_of_one_run() -> None:
+    document = report.derive(_document())
+    extra = document["scenarios"]["overload"]["contenders"]["imgsrv"]["extra"]
+    assert extra["reference_cpu_ms_per_ok"] == 12.0
+    assert extra["cpu_ms_per_refusal"] == pytest.approx(0.1)
+    assert extra["best_goodput_below"] == 90
+    found = {t.name: t for t in report.targets(document, baseline={})}
+    assert found["miss: server CPU per response, imgsrv / thumbor"].met is True  # 12 / 13
+    assert found["miss: serving overhead (imgsrv): CPU per miss - pipeline's"].met is True
+    assert found["miss: serving overhead (imgsrv_wrk): CPU per miss - pipeline's"].met is True
+    assert found["miss: imgsrv CPU per miss, wrk / locust"].met is True  # 12.5 / 12
+    assert found["miss: imgsrv / thumbor req/s"].met is True
+    assert found["overload: goodput / best at lower concurrency"].met is True  # 85 / 90
+    assert found["overload: CPU per refusal (estimate)"].met is True
+    assert found["miss_webp: server CPU per response, imgsrv / thumbor"].met is None
+
+
+def test_a_server_that_refuses_misses_does_not_pass_on_cpu() -> None:
+    # Cheap because it refused: CPU per response does not compare, the target is not met.
+    document = report.derive(_document(imgsrv_errors=500))
+    found = {t.name: t for t in report.targets(document, baseline={})}
+    cpu = found["miss: server CPU per response, imgsrv / thumbor"]
+    assert cpu.met is False and "not comparable" in cpu.measured

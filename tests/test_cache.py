@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -330,3 +331,44 @@ def test_requests_joining_a_render_under_way_need_no_place_of_their_own(
         assert server.server.config.app.state.renderer.pool.admitted == 0
     assert [r.status_code for r in responses] == [200] * 20
     assert origin.count(PHOTO) == 1
+
+
+def test_a_miss_costs_two_redis_round_trips_and_an_l2_hit_one(
+    redis_server: RedisProcess, origin: Origin
+) -> None:
+    settings = cache_settings(redis_server.url, job_workers=0)
+    client = redis_sync.Redis.from_url(redis_server.url)
+    l2_keys = f"{settings.redis_prefix}:v1:{{"  # image, index and lock keys (not jobs, egress)
+
+    def commands_during(action: Callable[[], object]) -> list[str]:
+        """The commands on L2 keys clients sent while ``action`` ran (not scripts' own)."""
+        seen: list[str] = []
+        with client.monitor() as monitor:
+            ready = threading.Event()
+
+            def listen() -> None:
+                ready.set()
+                for event in monitor.listen():
+                    command = str(event["command"])
+                    if command == "PING end-of-test":
+                        return
+                    name = command.split(" ", 1)[0].upper()
+                    if event.get("client_type") != "lua" and l2_keys in command:
+                        seen.append(name)
+
+            thread = threading.Thread(target=listen)
+            thread.start()
+            ready.wait()
+            time.sleep(0.2)
+            action()
+            redis_sync.Redis.from_url(redis_server.url).execute_command("PING", "end-of-test")
+            thread.join(10)
+        return seen
+
+    with TestClient(create_app(settings)) as app:
+        assert app.get(image_url(origin, "w:50")).status_code == 200  # scripts now loaded
+        miss = commands_during(lambda: app.get(image_url(origin, "w:51")))
+    assert miss == ["EVALSHA", "EVALSHA"]  # lookup-or-lock, store-and-unlock
+    with TestClient(create_app(settings)) as fresh:  # empty L1: the entry comes from L2
+        hit = commands_during(lambda: fresh.get(image_url(origin, "w:51")))
+    assert hit == ["EVALSHA"]

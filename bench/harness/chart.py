@@ -1,4 +1,6 @@
-"""The results chart: throughput and p99 latency per contender, one column per scenario.
+"""The results chart: per scenario, req/s, server CPU per response and p99 per contender.
+
+Scenarios are laid out :data:`COLUMNS` to a row of panels, each with three charts stacked.
 
 ``python bench/harness/chart.py RESULTS.json OUT.png``. Needs only matplotlib and the
 standard library, so the runner can start it with the tools virtualenv's Python when
@@ -14,6 +16,11 @@ from typing import Any
 
 COLOURS = {
     "imgsrv": "#1f77b4",
+    "imgsrv_wrk": "#4a98c9",
+    "imgsrv_c16": "#9ecae1",
+    "imgsrv_a": "#1f77b4",
+    "imgsrv_b": "#4a98c9",
+    "imgsrv_b_idle": "#9ecae1",
     "ceiling": "#2ca02c",
     "pipeline": "#98df8a",
     "bare": "#9467bd",
@@ -26,7 +33,13 @@ ORDER = list(COLOURS)
 def _label(value: float) -> str:
     if value >= 1000:
         return f"{value / 1000:.1f}k"
-    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+    if value >= 10:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
+COLUMNS = 6
+METRICS = (("rps", "req/s"), ("cpu_ms_per_ok", "CPU ms / response"), ("p99_ms", "p99 ms"))
 
 
 def draw(document: dict[str, Any], out: Path) -> None:
@@ -39,39 +52,47 @@ def draw(document: dict[str, Any], out: Path) -> None:
         name: s for name, s in document["scenarios"].items() if s.get("contenders")
     }
     count = max(1, len(scenarios))
-    fig, axes = plt.subplots(2, count, figsize=(3.1 * count, 6.4), squeeze=False)
-    for column, (name, scenario) in enumerate(scenarios.items()):
+    columns = min(COLUMNS, count)
+    blocks = -(-count // columns)
+    rows = blocks * len(METRICS)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 2.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for index, (name, scenario) in enumerate(scenarios.items()):
+        block, column = divmod(index, columns)
         contenders = sorted(
             scenario["contenders"], key=lambda c: ORDER.index(c) if c in ORDER else 99
         )
         colours = [COLOURS.get(c, "#777777") for c in contenders]
-        for row, (key, title) in enumerate((("rps", "req/s"), ("p99_ms", "p99 ms"))):
-            ax = axes[row][column]
+        for offset, (key, title) in enumerate(METRICS):
+            ax = axes[block * len(METRICS) + offset][column]
+            ax.set_visible(True)
             values = [scenario["contenders"][c][key] for c in contenders]
             bars = ax.bar(range(len(values)), values, color=colours)
-            ax.set_xticks(range(len(values)), contenders, rotation=35, ha="right", fontsize=8)
-            ax.tick_params(axis="y", labelsize=8)
-            ax.set_ylim(0, max([*values, 1e-9]) * 1.18)
+            labels = contenders if offset == len(METRICS) - 1 else [""] * len(contenders)
+            ax.set_xticks(range(len(values)), labels, rotation=35, ha="right", fontsize=7)
+            ax.tick_params(axis="y", labelsize=7)
+            ax.set_ylim(0, max([*values, 1e-9]) * 1.22)
             for bar, value in zip(bars, values, strict=True):
                 ax.annotate(
                     _label(value),
                     (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=7, xytext=(0, 1),
+                    ha="center", va="bottom", fontsize=6, xytext=(0, 1),
                     textcoords="offset points",
                 )  # fmt: skip
-            if row == 0:
-                ax.set_title(f"{name} (c={scenario['concurrency']})", fontsize=10)
+            if offset == 0:
+                ax.set_title(f"{name} (c={scenario['concurrency']})", fontsize=9)
             if column == 0:
-                ax.set_ylabel(title)
+                ax.set_ylabel(title, fontsize=8)
     versions = document.get("versions", {})
     fig.suptitle(
-        "imgsrv benchmark: throughput (top, higher is better) and p99 latency (bottom, lower "
-        "is better; for ceiling and pipeline: time per transform, no queue)\n"
+        "imgsrv benchmark: req/s (higher is better), server CPU per successful response and "
+        "p99 latency (lower is better; for ceiling and pipeline: per transform, no queue)\n"
         f"{versions.get('machine', '')}",
         fontsize=9,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(out, dpi=110)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(out, dpi=100)
     plt.close(fig)
 
 

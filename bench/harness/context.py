@@ -18,14 +18,15 @@ from __future__ import annotations
 import re
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.harness import loadgen, pyspy, servers, versions, workload
-from bench.harness.loadgen import LocustJob, Target
+from bench.harness.ceiling import Encoders
+from bench.harness.loadgen import LocustJob, Target, WrkJob
 from bench.harness.origin import Origin
 from bench.harness.proctree import machine_busy_percent
 from bench.harness.stats import Round
@@ -55,15 +56,16 @@ class Timing:
 
 
 TIMINGS = {
-    "full": Timing(rounds=3, miss_s=20, hit_s=10, warmup_s=3, overload_s=20, jobs_s=30,
+    "full": Timing(rounds=3, miss_s=15, hit_s=10, warmup_s=3, overload_s=12, jobs_s=20,
                    settle_s=35, quiet_wait_s=15),
-    "quick": Timing(rounds=1, miss_s=4, hit_s=3, warmup_s=1, overload_s=4, jobs_s=4,
+    "quick": Timing(rounds=1, miss_s=4, hit_s=3, warmup_s=1, overload_s=3, jobs_s=4,
                     settle_s=2, quiet_wait_s=2, hit_urls=100),
     "smoke": Timing(rounds=1, miss_s=2, hit_s=2, warmup_s=0.5, overload_s=2, jobs_s=2,
                     settle_s=0.5, quiet_wait_s=0, hit_urls=30),
 }  # fmt: skip
 
-Runner = Callable[[], Round]
+Runner = Callable[[], Round | dict[str, Round]]
+"""One contender's round; a run of several clients returns a Round per client."""
 
 
 @dataclass
@@ -95,11 +97,20 @@ class Bench:
     commands: dict[str, str] = field(default_factory=dict)
     imgsrv_source: str = ""
     log: Callable[[str], None] = print
+    thumbor_avif: bool = True  # thumbor's automatic format is AVIF (else WebP)
+    encoders: Encoders | None = None  # imgsrv's encoder defaults (thumbor is matched to them)
 
     # ------------------------------------------------------------------ servers and rounds
 
     def dialect(self, name: str) -> Dialect:
+        if name == "thumbor" and self.thumbor_avif and self.encoders is not None:
+            return Dialect(name, self.origin.url, f"quality({self.encoders.avif_quality})")
         return Dialect(name, self.origin.url)
+
+    def target(self, server: servers.Server) -> Target:
+        """What a round of ``server`` measures; imgsrv's CPU includes the bench's Redis."""
+        redis = [self.redis.process.pid] if server.name == "imgsrv" else []
+        return Target(server.url, server.roots, redis)
 
     def wants(self, contender: str) -> bool:
         return contender in self.contenders
@@ -114,31 +125,45 @@ class Bench:
     def start_thumbor(self, result_storage: bool) -> servers.Server | None:
         if self.thumbor_venv is None or not self.wants("thumbor"):
             return None
-        server = servers.start_thumbor(self.work, self.thumbor_venv, self.workers, result_storage)
+        effort = self.encoders.avif_effort if self.encoders is not None else 2
+        server = servers.start_thumbor(
+            self.work, self.thumbor_venv, self.workers, result_storage, self.thumbor_avif, effort
+        )
         self.commands["thumbor_hit" if result_storage else "thumbor_miss"] = server.command
         return server
 
-    def locust(self, label: str, job: LocustJob, server_url: str, roots: list[int]) -> Round:
-        self.commands[f"locust_{label}"] = " ".join(
-            ["locust", *loadgen.locust_command(job, "URL")[3:]]
-        )
-        profile = self._profile(label, roots, job.warmup + job.seconds)
-        result = loadgen.run_locust(job, Target(server_url, roots), self.work, label)
+    def locust(self, label: str, job: LocustJob, target: Target) -> Round:
+        self._record_locust(label, job)
+        profile = self._profile(label, target.roots, job.warmup + job.seconds)
+        result = loadgen.run_locust(job, target, self.work, label)
         self._finish_profile(label, profile)
         return result
 
-    def wrk(self, label: str, server_url: str, roots: list[int], paths: Path) -> Round:
+    def locust_split(
+        self, label: str, job: LocustJob, target: Target, parts: dict[str, str]
+    ) -> dict[str, Round]:
+        """One locust run of several clients (``parts``: contender -> request name)."""
+        self._record_locust(label, job)
+        profile = self._profile(label, target.roots, job.warmup + job.seconds)
+        result = loadgen.run_locust_split(job, target, self.work, label, parts)
+        self._finish_profile(label, profile)
+        return result
+
+    def _record_locust(self, label: str, job: LocustJob) -> None:
+        env = " ".join(f"{k}={v}" for k, v in sorted(job.env.items()) if k != "BENCH_HIT_PATHS")
+        command = " ".join(["locust", *loadgen.locust_command(job, "URL")[3:]])
+        self.commands[f"locust_{label}"] = f"{env} {command}".strip()
+
+    def wrk(self, label: str, target: Target, job: WrkJob) -> Round:
         self.commands[f"wrk_{label}"] = " ".join(
-            loadgen.wrk_command("URL", paths, SYNC_USERS, self.timing.hit_s, 2)
+            loadgen.wrk_command("URL", job.requests_file, job.users, job.seconds, job.threads)
         )
-        profile = self._profile(label, roots, self.timing.hit_s)
-        result = loadgen.run_wrk(
-            Target(server_url, roots), paths, SYNC_USERS, self.timing.hit_s, self.work
-        )
+        profile = self._profile(label, target.roots, job.seconds)
+        result = loadgen.run_wrk(job, target, self.work, label)
         self._finish_profile(label, profile)
         return result
 
-    def _profile(self, label: str, roots: list[int], seconds: float) -> Profile | None:
+    def _profile(self, label: str, roots: Sequence[int], seconds: float) -> Profile | None:
         """Attach py-spy to imgsrv's workers for this round (only with --profile)."""
         if self.py_spy is None or self.profile_dir is None or not label.startswith("imgsrv"):
             return None
@@ -167,20 +192,26 @@ class Bench:
     def interleave(self, runners: dict[str, Runner]) -> dict[str, list[Round]]:
         """Run every contender once per round, rotating the order each round."""
         names = list(runners)
-        rounds: dict[str, list[Round]] = {name: [] for name in names}
+        rounds: dict[str, list[Round]] = {}
         for index in range(self.timing.rounds):
             shift = index % len(names)
             for name in names[shift:] + names[:shift]:
                 self.log(f"  round {index + 1}/{self.timing.rounds}: {name}")
                 busy = self.wait_quiet()
-                result = runners[name]()
-                result.extra["busy_before_pct"] = round(busy, 1)
-                rounds[name].append(result)
-                self.log(
-                    f"    {result.rps:.1f} req/s, p50/p99 {result.percentiles()[0]:.1f}/"
-                    f"{result.percentiles()[2]:.1f} ms, errors {result.errors}, shed "
-                    f"{result.shed}, peak RSS {result.peak_rss_mb:.0f} MiB"
-                )
+                outcome = runners[name]()
+                parts = outcome if isinstance(outcome, dict) else {name: outcome}
+                for key, result in parts.items():
+                    result.extra["busy_before_pct"] = round(busy, 1)
+                    rounds.setdefault(key, []).append(result)
+                    cpu = result.server_cpu_s + result.redis_cpu_s
+                    per_ok = 1000 * cpu / result.ok if result.ok else 0.0
+                    prefix = f"{key}: " if len(parts) > 1 else ""
+                    self.log(
+                        f"    {prefix}{result.rps:.1f} req/s, CPU {per_ok:.1f} ms/ok, p50/p99 "
+                        f"{result.percentiles()[0]:.1f}/{result.percentiles()[2]:.1f} ms, "
+                        f"errors {result.errors}, shed {result.shed}, peak RSS "
+                        f"{result.peak_rss_mb:.0f} MiB"
+                    )
         return rounds
 
     def wait_quiet(self) -> float:
@@ -257,7 +288,7 @@ class Bench:
             return
         cycle = workload.write_lines(self.work / "paths" / "warm.txt", paths)
         if self.use_wrk:
-            loadgen.run_wrk(Target(url, roots), cycle, SYNC_USERS, seconds, self.work)
+            loadgen.run_wrk(WrkJob(cycle, SYNC_USERS, seconds), Target(url, roots), self.work)
         else:
             job = LocustJob(["HitUser"], SYNC_USERS, seconds, 0, {"BENCH_HIT_PATHS": str(cycle)})
             loadgen.run_locust(job, Target(url, roots), self.work, "warm")

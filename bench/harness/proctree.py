@@ -8,6 +8,7 @@ PSS (``smaps_rollup``) shares them out and is kept alongside as the fairer total
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -112,16 +113,38 @@ class TreeUsage:
     timeline: list[tuple[float, float]] = field(default_factory=list)
     """(time.time(), CPU seconds used so far) at every poll."""
 
+    def cpu_at(self, moment: float) -> float:
+        """CPU seconds used up to ``moment`` (time.time()), interpolated between two polls.
+
+        Before the first poll it is the first value, after the last poll the last one.
+        """
+        timeline = self.timeline
+        if not timeline:
+            return 0.0
+        if moment <= timeline[0][0]:
+            return timeline[0][1]
+        for (t0, c0), (t1, c1) in itertools.pairwise(timeline):
+            if t0 <= moment <= t1:
+                return c0 if t1 <= t0 else c0 + (c1 - c0) * (moment - t0) / (t1 - t0)
+        return timeline[-1][1]
+
+    def cpu_seconds(self, start: float | None = None, end: float | None = None) -> float:
+        """CPU seconds used between two wall-clock times (default: the whole window)."""
+        if not self.timeline:
+            return 0.0
+        begin = self.timeline[0][0] if start is None else start
+        finish = self.timeline[-1][0] if end is None else end
+        return max(0.0, self.cpu_at(finish) - self.cpu_at(begin))
+
     def cpu_percent(self, start: float | None = None, end: float | None = None) -> float:
         """CPU used between two wall-clock times (default: the whole window), in % of a core."""
-        points = [
-            (t, cpu)
-            for t, cpu in self.timeline
-            if (start is None or t >= start) and (end is None or t <= end)
-        ]
-        if len(points) < 2 or points[-1][0] <= points[0][0]:
+        if len(self.timeline) < 2:
             return 0.0
-        return 100.0 * (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
+        begin = max(self.timeline[0][0], start if start is not None else 0.0)
+        finish = min(self.timeline[-1][0], end if end is not None else float("inf"))
+        if finish <= begin:
+            return 0.0
+        return 100.0 * self.cpu_seconds(begin, finish) / (finish - begin)
 
 
 class TreeSampler:

@@ -1,11 +1,23 @@
-"""The six scenarios of the results document, each a function of the shared Bench.
+"""The scenarios of the results document, each a function of the shared Bench.
 
 Each returns its scenario entry (``concurrency``, ``duration_s``, ``contenders``) and stops
 every server it started, whatever happens.
+
+* miss workloads (``miss``, ``miss_webp``, ``miss_4000_webp``, ``miss_alpha``, ``cdn_mix``;
+  see :mod:`bench.harness.workload`) at c=32: imgsrv under locust (gradual ramp) and wrk
+  (all connections at once), the libvips ceiling and imgsrv's pipeline looping over the same
+  transforms, and thumbor with its options for the same output;
+* ``hit`` and ``mixed``: cache hits, and 90% hits with 10% misses;
+* ``fairness``: client A keeps 64 misses in flight while client B sends 4 per second,
+  against B alone on the same server;
+* ``overload*``: every miss workload at c=256, where 503 is the intended answer for what
+  cannot be served in time;
+* ``jobs``: misses while the job API is busy.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
@@ -13,21 +25,29 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from bench.harness import loadgen, servers, workload
+from bench.harness import ceiling, loadgen, servers, workload
 from bench.harness.context import OVERLOAD_USERS, SYNC_USERS, Bench, Runner
-from bench.harness.loadgen import LocustJob
+from bench.harness.loadgen import OK, OK_OR_NOT_MODIFIED, LocustJob, Target, WrkJob
 from bench.harness.proctree import tree_rss_mb
+from bench.harness.report import OVERLOAD_SCENARIOS
 from bench.harness.stats import Round, merge
+from bench.harness.workload import MISS_WORKLOADS, Dialect, MissWorkload
 
 Scenario = dict[str, Any]
+LOW_USERS = 16  # miss_4000_webp also at c=16: no 503 may appear below the wait budget
+FAIR_A_USERS = 64  # client A: misses in flight all the time
+FAIR_B_USERS = 8  # client B: 8 users x 0.5/s = 4 misses per second
+FAIR_B_RATE = 0.5
 
 
 def _entry(
     users: int, seconds: float, contenders: dict[str, Any], bench: Bench | None = None
 ) -> Scenario:
-    if bench is not None and "imgsrv" in contenders:
-        # The code may change between scenarios of a long run: name the state measured.
-        contenders["imgsrv"]["extra"]["imgsrv_source_sha256"] = bench.imgsrv_source
+    if bench is not None:
+        for name, entry in contenders.items():
+            if name.startswith("imgsrv"):
+                # The code may change between scenarios of a long run: name the state measured.
+                entry["extra"]["imgsrv_source_sha256"] = bench.imgsrv_source
     return {"concurrency": users, "duration_s": round(seconds, 1), "contenders": contenders}
 
 
@@ -35,9 +55,11 @@ def skipped(users: int, reason: str) -> Scenario:
     return {"concurrency": users, "duration_s": 0, "skipped": reason, "contenders": {}}
 
 
-def _fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=60) as response:
-        return bytes(response.read())
+def _fetch(url: str, headers: dict[str, str] | None = None) -> tuple[bytes, str]:
+    """The body and the ETag of a GET."""
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return bytes(response.read()), str(response.headers.get("ETag", ""))
 
 
 def _started(stack: ExitStack, server: servers.Server | None) -> servers.Server | None:
@@ -46,63 +68,118 @@ def _started(stack: ExitStack, server: servers.Server | None) -> servers.Server 
     return server
 
 
-def _ceiling_runner(bench: Bench, impl: str, fmt: str) -> Runner:
-    def run() -> Round:
-        result, argv = loadgen.run_ceiling(
-            bench.sources[workload.MISS_SOURCE], fmt, impl, bench.workers, bench.timing.miss_s,
-            bench.work,
-        )  # fmt: skip
-        bench.commands[f"{'ceiling' if impl == 'vips' else 'pipeline'}_{fmt}"] = (
-            f"{bench.workers} x python " + " ".join(argv[1:])
-        )
-        return result
-
-    return run
+def _merged(bench: Bench, runners: dict[str, Runner]) -> dict[str, Any]:
+    return {k: merge(v) for k, v in bench.interleave(runners).items()}
 
 
 # --------------------------------------------------------------------------- miss
 
 
-def miss(bench: Bench, fmt: str) -> Scenario:
-    """Unique source URLs at c=32: imgsrv vs the libvips ceiling (and thumbor for JPEG)."""
-    name = "miss" if fmt == "jpeg" else "miss_webp"
-    out_fmt = None if fmt == "jpeg" else "webp"
+def miss_job(
+    bench: Bench, dialect: Dialect, work: MissWorkload, users: int, seconds: float,
+    shed_ok: bool = False,
+) -> LocustJob:  # fmt: skip
+    """The locust run of a miss workload as ``dialect`` spells it."""
+    env: dict[str, str] = {}
+    user = "MissUser"
+    if work.headers:
+        env["BENCH_HEADERS"] = json.dumps(work.headers)
+    if work.head_ratio or work.revalidate_ratio:
+        user = "CdnUser"
+        env["BENCH_HEAD_RATIO"] = str(work.head_ratio)
+        env["BENCH_REVALIDATE_RATIO"] = str(work.revalidate_ratio)
+    return bench.miss_job(
+        dialect.templates(work), users, seconds, user_classes=[user], env=env,
+        shed_ok=shed_ok, ok_statuses=OK_OR_NOT_MODIFIED if work.conditional else OK,
+    )  # fmt: skip
+
+
+def _wrk_runner(bench: Bench, work: MissWorkload, server: servers.Server) -> Runner:
+    """imgsrv under wrk: every connection open at once, a new URL per request."""
+    dialect = bench.dialect("imgsrv")
+    revalidations: dict[str, str] = {}
+    if work.conditional:
+        # URLs fetched once now, so that the rounds can revalidate them (304 expected).
+        for index, transform in enumerate(work.transforms):
+            path = dialect.miss_path(transform, f"revalidate-{index}")
+            _, etag = _fetch(server.url + path, work.headers)
+            if etag:
+                revalidations[path] = etag
+    lines = workload.wrk_requests(dialect, work, revalidations)
+    requests = workload.write_lines(bench.work / "paths" / f"wrk-{work.name}.txt", lines)
+    ok = OK_OR_NOT_MODIFIED if work.conditional else OK
+    job = WrkJob(requests, SYNC_USERS, bench.timing.miss_s, count_statuses=True, ok_statuses=ok)
+    target = bench.target(server)
+    return lambda: bench.wrk(f"imgsrv_wrk_{work.name}", target, job)
+
+
+def _ceiling_runner(bench: Bench, impl: str, work: MissWorkload) -> Runner:
+    """The workload's transforms in a loop: bare libvips (``vips``) or imgsrv's pipeline."""
+    name = "ceiling" if impl == "vips" else "pipeline"
+    jobs = [
+        ceiling.Job(str(bench.sources[t.source]), t.width, t.format, work.accept)
+        for t in work.transforms
+    ]
+    jobs_file = ceiling.write_jobs(bench.work / "paths" / f"{name}-{work.name}.json", jobs)
+
+    def run() -> Round:
+        result, argv = loadgen.run_ceiling(
+            jobs_file, impl, bench.workers, bench.timing.miss_s, bench.work, f"{name}-{work.name}"
+        )
+        bench.commands[f"{name}_{work.name}"] = f"{bench.workers} x " + " ".join(argv[1:])
+        return result
+
+    return run
+
+
+def miss(bench: Bench, name: str) -> Scenario:
+    """A miss workload at c=32: imgsrv (locust and wrk) vs the ceiling, pipeline, thumbor."""
+    work = MISS_WORKLOADS[name]
     seconds = bench.timing.miss_s
+    wants_imgsrv = any(bench.wants(c) for c in ("imgsrv", "imgsrv_wrk", "imgsrv_c16"))
     with ExitStack() as stack:
-        imgsrv = _started(stack, bench.start_imgsrv()) if bench.wants("imgsrv") else None
-        thumbor = _started(stack, bench.start_thumbor(False)) if fmt == "jpeg" else None
+        imgsrv = _started(stack, bench.start_imgsrv()) if wants_imgsrv else None
+        thumbor = _started(stack, bench.start_thumbor(False))
         runners: dict[str, Runner] = {}
         idle = 0.0
         if imgsrv is not None:
             time.sleep(1)
             idle = tree_rss_mb(imgsrv.roots)
-            template = bench.dialect("imgsrv").miss_template(fmt=out_fmt)
-            runners["imgsrv"] = _locust_runner(
-                bench, f"imgsrv_{name}", bench.miss_job([template], SYNC_USERS, seconds), imgsrv
-            )
-        if bench.wants("ceiling"):
-            runners["ceiling"] = _ceiling_runner(bench, "vips", fmt)
-        if bench.wants("pipeline"):
-            runners["pipeline"] = _ceiling_runner(bench, "pipeline", fmt)
+            dialect = bench.dialect("imgsrv")
+            if bench.wants("imgsrv"):
+                job = miss_job(bench, dialect, work, SYNC_USERS, seconds)
+                runners["imgsrv"] = _locust_runner(bench, f"imgsrv_{name}", job, imgsrv)
+            if bench.wants("imgsrv_wrk") and bench.use_wrk:
+                runners["imgsrv_wrk"] = _wrk_runner(bench, work, imgsrv)
+            if bench.wants("imgsrv_c16") and name == "miss_4000_webp":
+                job = miss_job(bench, dialect, work, LOW_USERS, seconds)
+                runners["imgsrv_c16"] = _locust_runner(bench, f"imgsrv_c16_{name}", job, imgsrv)
+        for impl, contender in (("vips", "ceiling"), ("pipeline", "pipeline")):
+            if bench.wants(contender):
+                runners[contender] = _ceiling_runner(bench, impl, work)
         if thumbor is not None:
-            template = bench.dialect("thumbor").miss_template()
-            runners["thumbor"] = _locust_runner(
-                bench, f"thumbor_{name}", bench.miss_job([template], SYNC_USERS, seconds), thumbor
-            )
-        contenders = {k: merge(v) for k, v in bench.interleave(runners).items()}
-        if imgsrv is not None:
-            time.sleep(bench.timing.settle_s)
+            job = miss_job(bench, bench.dialect("thumbor"), work, SYNC_USERS, seconds)
+            runners["thumbor"] = _locust_runner(bench, f"thumbor_{name}", job, thumbor)
+        contenders = _merged(bench, runners)
+        if "imgsrv_c16" in contenders:
+            contenders["imgsrv_c16"]["extra"]["concurrency"] = LOW_USERS
+        if imgsrv is not None and "imgsrv" in contenders:
             extra = contenders["imgsrv"]["extra"]
-            extra["rss_idle_mb"] = round(idle, 1)
-            extra["rss_after_load_mb"] = round(tree_rss_mb(imgsrv.roots), 1)
-            extra["l1_mb_after_load"] = round(bench.l1_mb(imgsrv.url), 1)
-            probe = bench.dialect("imgsrv").miss_template(fmt=out_fmt).format(n="size-check")
-            extra["output_bytes"] = len(_fetch(imgsrv.url + probe))
+            if name == "miss":
+                # Memory after the load, once what expires by itself has expired.
+                time.sleep(bench.timing.settle_s)
+                extra["rss_idle_mb"] = round(idle, 1)
+                extra["rss_after_load_mb"] = round(tree_rss_mb(imgsrv.roots), 1)
+                extra["l1_mb_after_load"] = round(bench.l1_mb(imgsrv.url), 1)
+            if len(work.transforms) == 1:
+                probe = bench.dialect("imgsrv").miss_path(work.transforms[0], "size-check")
+                extra["output_bytes"] = len(_fetch(imgsrv.url + probe)[0])
     return _entry(SYNC_USERS, bench.timing.rounds * seconds, contenders, bench)
 
 
 def _locust_runner(bench: Bench, label: str, job: LocustJob, server: servers.Server) -> Runner:
-    return lambda: bench.locust(label, job, server.url, server.roots)
+    target = bench.target(server)
+    return lambda: bench.locust(label, job, target)
 
 
 # --------------------------------------------------------------------------- hit
@@ -122,49 +199,50 @@ def hit(bench: Bench) -> Scenario:
         if imgsrv is not None:
             bench.warm(imgsrv.url, paths["imgsrv"], max(2.0, seconds / 2), imgsrv.roots)
             # bare answers with the very bytes an imgsrv hit sends.
-            body.write_bytes(_fetch(imgsrv.url + paths["imgsrv"][0]))
+            body.write_bytes(_fetch(imgsrv.url + paths["imgsrv"][0])[0])
         else:
             body.write_bytes((bench.work / "sources" / "probe.jpg").read_bytes())
         bare = None
         if bench.wants("bare"):
-            bare = _started(stack, servers.start_bare(bench.work, bench.workers, body))
+            bare = servers.start_bare(bench.work, bench.workers, body)
+            stack.callback(bare.stop)
             bench.commands["bare"] = bare.command
         if thumbor is not None:
             bench.warm(thumbor.url, paths["thumbor"], 1.0, thumbor.roots)
         runners: dict[str, Runner] = {}
-        targets: list[tuple[str, str, list[int], str]] = []
+        targets: list[tuple[str, Target, str]] = []
         if imgsrv is not None:
-            targets.append(("imgsrv", imgsrv.url, imgsrv.roots, "imgsrv"))
+            targets.append(("imgsrv", bench.target(imgsrv), "imgsrv"))
         if bare is not None:
-            targets.append(("bare", bare.url, bare.roots, "imgsrv"))
+            targets.append(("bare", bench.target(bare), "imgsrv"))
         if thumbor is not None:
-            targets.append(("thumbor", thumbor.url, thumbor.roots, "thumbor"))
+            targets.append(("thumbor", bench.target(thumbor), "thumbor"))
         if bench.wants("loadgen"):
-            targets.append(("loadgen", bench.origin.url, [bench.origin.process.pid], "probe"))
-        for name, url, roots, dialect in targets:
-            runners[name] = _hit_runner(bench, name, url, roots, paths[dialect])
-        contenders = {k: merge(v) for k, v in bench.interleave(runners).items()}
+            origin = Target(bench.origin.url, [bench.origin.process.pid])
+            targets.append(("loadgen", origin, "probe"))
+        for name, target, dialect in targets:
+            runners[name] = _hit_runner(bench, name, target, paths[dialect])
+        contenders = _merged(bench, runners)
         if imgsrv is not None:
             contenders["imgsrv"]["extra"]["l1_mb_after_load"] = round(bench.l1_mb(imgsrv.url), 1)
     return _entry(SYNC_USERS, bench.timing.rounds * seconds, contenders, bench)
 
 
-def _hit_runner(
-    bench: Bench, name: str, url: str, roots: list[int], ranked: list[str]
-) -> Runner:
+def _hit_runner(bench: Bench, name: str, target: Target, ranked: list[str]) -> Runner:
     label = f"{name}_hit"
     if bench.use_wrk:
         # The same Zipf draw (same seed) for every contender: identical request streams.
         sequence = workload.zipf_sequence(ranked, 50_000)
         paths = workload.write_lines(bench.work / "paths" / f"{label}.txt", sequence)
-        return lambda: bench.wrk(label, url, roots, paths)
+        job = WrkJob(paths, SYNC_USERS, bench.timing.hit_s)
+        return lambda: bench.wrk(label, target, job)
     ranks = workload.write_lines(bench.work / "paths" / f"{label}-ranked.txt", ranked)
-    job = LocustJob(
+    locust_job = LocustJob(
         ["HitUser"], SYNC_USERS, bench.timing.hit_s, bench.timing.warmup_s,
         {"BENCH_HIT_PATHS": str(ranks)}, processes=2,
         max_requests=int(50_000 * (bench.timing.hit_s + bench.timing.warmup_s)),
     )  # fmt: skip
-    return lambda: bench.locust(label, job, url, roots)
+    return lambda: bench.locust(label, locust_job, target)
 
 
 # --------------------------------------------------------------------------- mixed
@@ -180,15 +258,13 @@ def mixed(bench: Bench) -> Scenario:
             assert imgsrv is not None
             ranked = workload.hit_paths(bench.dialect("imgsrv"), bench.timing.hit_urls)
             bench.warm(imgsrv.url, ranked, 2.0, imgsrv.roots)
-            runners["imgsrv"] = _locust_runner(bench, "imgsrv_mixed", _mixed_job(bench, "imgsrv"),
-                                               imgsrv)  # fmt: skip
+            job = _mixed_job(bench, "imgsrv")
+            runners["imgsrv"] = _locust_runner(bench, "imgsrv_mixed", job, imgsrv)
         if bench.wants("loadgen"):
-            origin = bench.origin
-            job = _mixed_job(bench, "probe")
-            runners["loadgen"] = lambda: bench.locust(
-                "loadgen_mixed", job, origin.url, [origin.process.pid]
-            )
-        contenders = {k: merge(v) for k, v in bench.interleave(runners).items()}
+            origin = Target(bench.origin.url, [bench.origin.process.pid])
+            probe_job = _mixed_job(bench, "probe")
+            runners["loadgen"] = lambda: bench.locust("loadgen_mixed", probe_job, origin)
+        contenders = _merged(bench, runners)
     return _entry(SYNC_USERS, bench.timing.rounds * seconds, contenders, bench)
 
 
@@ -205,31 +281,70 @@ def _mixed_job(bench: Bench, dialect_name: str) -> LocustJob:
     )  # fmt: skip
 
 
+# --------------------------------------------------------------------------- fairness
+
+
+def fairness(bench: Bench) -> Scenario:
+    """Client A keeps 64 misses in flight, client B sends 4 per second; B alone for reference.
+
+    The clients are told apart by API key (two tenants). Contenders: ``imgsrv_a`` and
+    ``imgsrv_b`` (the two clients of one run) and ``imgsrv_b_idle`` (B alone on the same
+    server, interleaved with the shared runs).
+    """
+    seconds = bench.timing.miss_s
+    users = FAIR_A_USERS + FAIR_B_USERS
+    if not bench.wants("imgsrv"):
+        return skipped(users, "imgsrv not selected")
+    with ExitStack() as stack:
+        imgsrv = _started(stack, bench.start_imgsrv())
+        assert imgsrv is not None
+        env = {
+            "BENCH_FAIR_A_KEY": servers.JOBS_API_KEY,
+            "BENCH_FAIR_B_KEY": servers.CLIENT_B_API_KEY,
+            "BENCH_FAIR_A_USERS": str(FAIR_A_USERS),
+            "BENCH_FAIR_B_USERS": str(FAIR_B_USERS),
+            "BENCH_FAIR_B_RATE": str(FAIR_B_RATE),
+        }
+        template = [bench.dialect("imgsrv").miss_template()]
+        both = bench.miss_job(template, users, seconds, user_classes=["FairAUser", "FairBUser"],
+                              env=env)  # fmt: skip
+        alone = bench.miss_job(template, FAIR_B_USERS, seconds, user_classes=["FairBUser"],
+                               env=env)  # fmt: skip
+        target = bench.target(imgsrv)
+        parts = {"imgsrv_a": "a", "imgsrv_b": "b"}
+        runners: dict[str, Runner] = {
+            "imgsrv_b_idle": lambda: bench.locust("imgsrv_fairness_b_idle", alone, target),
+            "imgsrv_a+b": lambda: bench.locust_split("imgsrv_fairness", both, target, parts),
+        }
+        contenders = _merged(bench, runners)
+    order = ("imgsrv_a", "imgsrv_b", "imgsrv_b_idle")
+    ordered: dict[str, Any] = {k: contenders[k] for k in order if k in contenders}
+    return _entry(users, bench.timing.rounds * seconds, ordered, bench)
+
+
 # --------------------------------------------------------------------------- overload
 
-
-def overload(bench: Bench) -> Scenario:
-    """The miss workload at c=256: what cannot be served in time must be shed with 503."""
+def overload(bench: Bench, name: str) -> Scenario:
+    """A miss workload at c=256: what cannot be served in time must be shed with 503."""
     seconds = bench.timing.overload_s
+    work = MISS_WORKLOADS[OVERLOAD_SCENARIOS[name]]
     if not bench.wants("imgsrv"):
         return skipped(OVERLOAD_USERS, "imgsrv not selected")
     with ExitStack() as stack:
         imgsrv = _started(stack, bench.start_imgsrv())
         assert imgsrv is not None
-        template = bench.dialect("imgsrv").miss_template()
-        job = bench.miss_job([template], OVERLOAD_USERS, seconds, shed_ok=True)
-        runners = {"imgsrv": _locust_runner(bench, "imgsrv_overload", job, imgsrv)}
-        if bench.wants("loadgen"):
+        job = miss_job(bench, bench.dialect("imgsrv"), work, OVERLOAD_USERS, seconds, shed_ok=True)
+        runners = {"imgsrv": _locust_runner(bench, f"imgsrv_{name}", job, imgsrv)}
+        if name == "overload" and bench.wants("loadgen"):
             # The same users against nginx's ready bytes: the latency floor of the load
             # generator itself at this concurrency, which every 503 timing includes.
-            origin = bench.origin
+            origin = Target(bench.origin.url, [bench.origin.process.pid])
             probe = bench.miss_job(
                 [bench.dialect("probe").miss_template()], OVERLOAD_USERS, seconds
             )
-            runners["loadgen"] = lambda: bench.locust(
-                "loadgen_overload", probe, origin.url, [origin.process.pid]
-            )
-        contenders = {k: merge(v) for k, v in bench.interleave(runners).items()}
+            runners["loadgen"] = lambda: bench.locust("loadgen_overload", probe, origin)
+        contenders = _merged(bench, runners)
+        contenders["imgsrv"]["extra"]["workload"] = work.name
     return _entry(OVERLOAD_USERS, bench.timing.rounds * seconds, contenders, bench)
 
 
@@ -276,7 +391,7 @@ def jobs(bench: Bench) -> Scenario:
                  "BENCH_JOB_USERS": "2", "BENCH_JOB_RATE": "2"},
         )  # fmt: skip
         runners = {"imgsrv": _locust_runner(bench, "imgsrv_jobs", job, imgsrv)}
-        contenders = {k: merge(v) for k, v in bench.interleave(runners).items()}
+        contenders = _merged(bench, runners)
         extra = contenders["imgsrv"]["extra"]
         extra["job_api_probe_status"] = status
         # What the in-process job workers got done meanwhile (counters since start).
@@ -286,12 +401,23 @@ def jobs(bench: Bench) -> Scenario:
     return _entry(SYNC_USERS, bench.timing.rounds * seconds, contenders, bench)
 
 
+def _miss_scenario(name: str) -> Callable[[Bench], Scenario]:
+    return lambda bench: miss(bench, name)
+
+
+def _overload_scenario(name: str) -> Callable[[Bench], Scenario]:
+    return lambda bench: overload(bench, name)
+
+
 SCENARIOS: dict[str, Callable[[Bench], Scenario]] = {
-    "miss": lambda bench: miss(bench, "jpeg"),
-    "miss_webp": lambda bench: miss(bench, "webp"),
+    **{name: _miss_scenario(name) for name in MISS_WORKLOADS},
     "hit": hit,
     "mixed": mixed,
-    "overload": overload,
+    "fairness": fairness,
+    **{name: _overload_scenario(name) for name in OVERLOAD_SCENARIOS},
     "jobs": jobs,
 }
 
+# --smoke: imgsrv alone over a subset that goes through every code path of the harness
+# (locust and wrk misses, HEAD and revalidations, hits, two clients, shedding, jobs).
+SMOKE_SCENARIOS = ("miss", "cdn_mix", "hit", "fairness", "overload", "jobs")

@@ -20,6 +20,9 @@ from bench.harness import procs
 REPO = Path(__file__).resolve().parents[2]
 WORKER_CLASS = "imgsrv.serving.ImgsrvUvicornWorker"
 JOBS_API_KEY = "bench-jobs-key"
+# A second tenant: the fairness scenario's client B (client A uses the first key).
+CLIENT_B_API_KEY = "bench-client-b-key"
+API_KEYS = f"bench:{JOBS_API_KEY},bench-b:{CLIENT_B_API_KEY}"
 
 
 @dataclass
@@ -124,7 +127,7 @@ def start_imgsrv(
         "IMGSRV_REDIS_URL": redis_url,
         "IMGSRV_ALLOW_SOURCE_NETWORKS": "127.0.0.0/8",
         "IMGSRV_DATA_DIR": str((work / "imgsrv-data").resolve()),
-        "IMGSRV_API_KEYS": f"bench:{JOBS_API_KEY}",
+        "IMGSRV_API_KEYS": API_KEYS,
         **(overrides or {}),
     }
     argv = [sys.executable, "-m", "imgsrv.cli", "serve"]
@@ -164,7 +167,7 @@ def start_bare(work: Path, workers: int, body: Path) -> Server:
 
 THUMBOR_CONF = """\
 # thumbor for the benchmark: HTTP loader on the local origin, unsafe URLs, imgsrv's defaults
-# for output (JPEG q80 baseline, WebP q80, metadata dropped).
+# for output (JPEG q80, WebP q80, metadata dropped; AVIF quality comes with the URL).
 LOADER = "thumbor.loaders.http_loader"
 STORAGE = "thumbor.storages.no_storage"
 RESULT_STORAGE = {result_storage!r}
@@ -186,18 +189,37 @@ HTTP_LOADER_REQUEST_TIMEOUT = 30
 # One transform at a time per process, in the event loop: thumbor's default and its
 # usual deployment (one process per core).
 ENGINE_THREADPOOL_SIZE = 0
+# Format from the Accept header when the URL names none (cdn_mix). thumbor tries AUTO_WEBP
+# before AUTO_AVIF, so only one is on: AVIF when its Pillow can write it (imgsrv's choice
+# for Chrome's Accept), else WebP. AVIF_SPEED 9 - imgsrv's AVIF effort is the same encoder
+# speed (libvips passes "speed" = 9 - effort to libheif's AV1 encoder).
+AUTO_AVIF = {auto_avif}
+AUTO_WEBP = {auto_webp}
+AVIF_SPEED = {avif_speed}
+# Strong ETags over the body (tornado's), so a revalidation gets a 304.
+ENABLE_ETAGS = True
 """
+
+
+def thumbor_writes_avif(venv: Path) -> bool:
+    """Whether this thumbor's Pillow engine can encode AVIF (then it can AUTO_AVIF)."""
+    code = "from thumbor.engines.pil import HAVE_AVIF; print(HAVE_AVIF)"
+    return procs.run_quiet([str(venv / "bin" / "python"), "-c", code]).endswith("True")
 
 
 def thumbor_binary(venv: Path) -> Path:
     return venv / "bin" / "thumbor"
 
 
-def start_thumbor(work: Path, venv: Path, processes: int, result_storage: bool) -> Server:
+def start_thumbor(
+    work: Path, venv: Path, processes: int, result_storage: bool, avif: bool = True,
+    avif_effort: int = 2,
+) -> Server:  # fmt: skip
     """thumbor with ``--processes`` forks sharing one port (like gunicorn's workers).
 
     ``result_storage`` on: rendered results are kept on disk and served from there (``hit``);
-    off: every request loads and transforms (``miss``).
+    off: every request loads and transforms (the miss scenarios). ``avif``: its automatic
+    format is AVIF (else WebP); ``avif_effort``: imgsrv's AVIF effort, matched in speed.
     """
     port = procs.free_port()
     label = "thumbor-hit" if result_storage else "thumbor-miss"
@@ -209,6 +231,9 @@ def start_thumbor(work: Path, venv: Path, processes: int, result_storage: bool) 
         THUMBOR_CONF.format(
             result_storage="thumbor.result_storages.file_storage" if result_storage else None,
             result_root=str(folder / "results"),
+            auto_avif=avif,
+            auto_webp=not avif,
+            avif_speed=9 - avif_effort,
         )
     )
     argv = [

@@ -22,6 +22,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from imgsrv import metrics
@@ -36,12 +37,29 @@ T = TypeVar("T")
 VERSION = "v1"
 PURGE_CHANNEL_SUFFIX = "purge"
 
-# Store an entry and index it under its source; the index never gets a shorter life.
+# A miss's first round trip: the entry (its expiry refreshed), else the render lock if free.
+# Returns {1, entry}, {2} (locked for the caller) or {3} (another process renders it).
+_LOOKUP = """
+local entry = redis.call('GETEX', KEYS[1], 'EX', ARGV[1])
+if entry then
+    return {1, entry}
+end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+    return {2}
+end
+return {3}
+"""
+
+# Store an entry and index it under its source (the index never gets a shorter life), and
+# release the render lock if it still holds the caller's token: a miss's second round trip.
 _PUT = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('SADD', KEYS[2], KEYS[1])
 if redis.call('TTL', KEYS[2]) < tonumber(ARGV[2]) then
     redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then
+    redis.call('DEL', KEYS[3])
 end
 return 1
 """
@@ -66,6 +84,15 @@ return 0
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What a miss learns from L2: the entry, or whether it holds the render lock (``token``)
+    or another process does (neither)."""
+
+    entry: CacheEntry | None = None
+    token: str | None = None
+
+
 def digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
 
@@ -86,6 +113,7 @@ class L2Cache:
         self.breaker = breaker or CircuitBreaker()
         self.purge_channel = f"{self.prefix}:{PURGE_CHANNEL_SUFFIX}"
         self._release = redis.register_script(_RELEASE_LOCK)
+        self._lookup = redis.register_script(_LOOKUP)
         self._put = redis.register_script(_PUT)
         self._purge = redis.register_script(_PURGE)
 
@@ -128,8 +156,29 @@ class L2Cache:
         """The entry for ``key``, refreshing its expiry to ``ttl`` seconds; None on miss."""
         name = self.image_key(key, source)
         raw = await self._guard("get", lambda: self.redis.getex(name, ex=ttl))
-        if raw is None:
-            return None
+        return None if raw is None else await self._decoded(raw, name)
+
+    async def lookup(self, key: str, source: str, ttl: int, lock_ttl_ms: int) -> Lookup:
+        """The entry for ``key`` (expiry refreshed to ``ttl``), else its render lock if free.
+
+        One round trip for what a miss asks first. When Redis is unavailable the lookup is a
+        miss with a token of its own: rendering locally is always allowed, the lock only saves
+        duplicate work across processes.
+        """
+        token = secrets.token_hex(8)
+        names = [self.image_key(key, source), self.lock_key(key, source)]
+        reply = await self._guard(
+            "lookup", lambda: self._lookup(keys=names, args=[ttl, token, lock_ttl_ms])
+        )
+        if reply is None:  # Redis unavailable: render here
+            return Lookup(token=token)
+        if reply[0] == 1:
+            entry = await self._decoded(reply[1], names[0])
+            # A corrupt entry was dropped: render without the lock, which is taken by none.
+            return Lookup(entry=entry, token=None if entry is not None else token)
+        return Lookup(token=token if reply[0] == 2 else None)
+
+    async def _decoded(self, raw: object, name: str) -> CacheEntry | None:
         try:
             if not isinstance(raw, bytes):
                 raise CorruptEntry("not bytes")
@@ -139,12 +188,15 @@ class L2Cache:
             await self._guard("delete", lambda: self.redis.delete(name))
             return None
 
-    async def put(self, key: str, entry: CacheEntry, ttl: int, source: str) -> bool:
-        """Store ``entry`` for ``ttl`` seconds and index it under its source."""
-        keys = [self.image_key(key, source), self.source_key(source)]
+    async def put(
+        self, key: str, entry: CacheEntry, ttl: int, source: str, lock_token: str | None = None
+    ) -> bool:
+        """Store ``entry`` for ``ttl`` seconds, index it under its source, and release the
+        render lock ``lock_token`` holds (if given and still held)."""
+        keys = [self.image_key(key, source), self.source_key(source), self.lock_key(key, source)]
 
         async def write() -> bool:
-            await self._put(keys=keys, args=[entry.encode(), ttl])
+            await self._put(keys=keys, args=[entry.encode(), ttl, lock_token or ""])
             return True
 
         return bool(await self._guard("put", write))
@@ -161,23 +213,6 @@ class L2Cache:
             return deleted
 
         return await self._guard("purge", purge)
-
-    async def acquire_lock(self, key: str, source: str, ttl_ms: int) -> str | None:
-        """Take the render lock for ``key``; returns its token, or None if someone holds it.
-
-        When Redis is unavailable this returns a dummy token: rendering locally is always
-        allowed, the lock only saves duplicate work across processes.
-        """
-        token = secrets.token_hex(8)
-        name = self.lock_key(key, source)
-
-        async def take() -> bool:
-            return bool(await self.redis.set(name, token, nx=True, px=ttl_ms))
-
-        won = await self._guard("lock", take)
-        if won is None:  # Redis unavailable: render here
-            return token
-        return token if won else None
 
     async def release_lock(self, key: str, source: str, token: str) -> None:
         name = self.lock_key(key, source)
