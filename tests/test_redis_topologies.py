@@ -112,11 +112,20 @@ async def test_l2_entries_expiry_refresh_and_render_locks(topology: Topology) ->
         assert found == entry()
         assert topology.data.ttl(name) > 86_400  # the hit pushed the expiry out
         assert topology.data.smembers(l2.source_key(source)) == {name.encode()}
-        token = await l2.acquire_lock("w:100", source, 5_000)
-        assert token is not None
-        assert await l2.acquire_lock("w:100", source, 5_000) is None
-        await l2.release_lock("w:100", source, token)
-        assert await l2.acquire_lock("w:100", source, 5_000) is not None
+        # A miss takes the render lock in the same script; the next process finds it taken.
+        first = await l2.lookup("w:200", source, 86_400, 5_000)
+        assert first.entry is None and first.token is not None
+        second = await l2.lookup("w:200", source, 86_400, 5_000)
+        assert second.entry is None and second.token is None
+        await l2.release_lock("w:200", source, first.token)
+        third = await l2.lookup("w:200", source, 86_400, 5_000)
+        assert third.token is not None
+        # Storing the render releases its lock; the next lookup is a hit that refreshes.
+        assert await l2.put("w:200", entry(b"other"), 86_400, source, lock_token=third.token)
+        assert topology.data.exists(l2.lock_key("w:200", source)) == 0
+        hit = await l2.lookup("w:200", source, 172_800, 5_000)
+        assert hit.entry == entry(b"other")
+        assert topology.data.ttl(l2.image_key("w:200", source)) > 86_400
         assert await l2.ping()
         assert l2.breaker.state == "closed"
     finally:
