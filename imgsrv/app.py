@@ -13,7 +13,8 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from imgsrv import metrics
 from imgsrv.access import AccessLogMiddleware
@@ -21,13 +22,31 @@ from imgsrv.config import Settings, load_settings
 from imgsrv.drain import Drain, process_drain
 from imgsrv.errors import ImgsrvError
 from imgsrv.jobs.config import JobConfig
-from imgsrv.jobs.errors import ApiKeyRequired
+from imgsrv.jobs.errors import AdminKeyRequired, ApiKeyRequired
 from imgsrv.jobs.worker import serve_jobs
 from imgsrv.lifecycle import InstanceLog, on_stop_signal
 from imgsrv.logs import configure_logging
-from imgsrv.routes import cache, images, jobs, ops, problems
+from imgsrv.routes import cache, dashboard, images, jobs, ops, problems
 from imgsrv.runtime import open_runtime
+from imgsrv.traffic import TrafficSampler
 from imgsrv.urls import UrlParser
+
+
+class ImageCatchAll(Route):
+    """The image route, which takes every path but those of the API and the dashboard.
+
+    Under ``/v1/`` and ``/dashboard`` a path that names a route with another method is a 405
+    and an unknown one a 404, never an image URL (no signature looks like those segments).
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path: str = scope.get("path", "")
+        if path.startswith(NOT_IMAGES):
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
+NOT_IMAGES = ("/v1/", "/dashboard")
 
 
 def create_app(settings: Settings | None = None, drain: Drain | None = None) -> Starlette:
@@ -47,12 +66,12 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
         instance = InstanceLog()
         async with (
             open_runtime(settings) as runtime,
-            serve_jobs(runtime, job_config, drain) as queue,
+            serve_jobs(runtime, job_config, drain) as services,
         ):
             app.state.runtime = runtime
             app.state.egress = runtime.egress
             app.state.renderer = runtime.renderer
-            app.state.job_queue = queue
+            app.state.jobs = services
             instance.start(settings)
             restore_signals = on_stop_signal(instance.drain)
             try:
@@ -60,7 +79,7 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
             finally:
                 restore_signals()
                 app.state.renderer = None
-                app.state.job_queue = None
+                app.state.jobs = None
         instance.stop()
 
     routes = [
@@ -70,11 +89,21 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
         Route("/v1/cache", cache.purge_source, methods=["DELETE"]),
         Route("/v1/openapi.json", jobs.openapi, methods=["GET"]),
         Route("/v1/jobs", jobs.jobs, methods=["GET", "POST"]),
-        Route("/v1/jobs/{job_id}", jobs.job, methods=["GET", "DELETE"]),
+        Route("/v1/jobs/{job_id}", jobs.job, methods=["GET", "DELETE", "PATCH"]),
+        Route("/v1/jobs/{job_id}/retry", jobs.retry_job, methods=["POST"]),
+        Route("/v1/queues", jobs.queues, methods=["GET"]),
+        Route("/v1/queues/{priority}/pause", jobs.pause_queue, methods=["POST"]),
+        Route("/v1/queues/{priority}/resume", jobs.pause_queue, methods=["POST"]),
+        Route("/v1/workers", jobs.workers, methods=["GET"]),
+        Route("/v1/workers/{worker_id}", jobs.worker, methods=["GET"]),
+        Route("/v1/schedules", jobs.schedules, methods=["GET", "POST"]),
+        Route("/v1/schedules/{schedule_id}", jobs.schedule, methods=["GET", "DELETE"]),
+        Route("/v1/stats", jobs.stats, methods=["GET"]),
+        *dashboard.ROUTES,
         Route("/img", images.image_endpoint, methods=["GET"]),
         Route("/info", images.info_from_query, methods=["GET"]),
         Route("/info/{rest:path}", images.info_from_path, methods=["GET"]),
-        Route("/{rest:path}", images.image_endpoint, methods=["GET"]),
+        ImageCatchAll("/{rest:path}", images.image_endpoint, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
@@ -85,6 +114,7 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
         ],
         exception_handlers={
             ApiKeyRequired: jobs.api_key_required,
+            AdminKeyRequired: jobs.api_key_required,
             ImgsrvError: problems.imgsrv_error,
             HTTPException: problems.http_error,
             Exception: problems.internal_error,
@@ -94,7 +124,8 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
     app.state.url_parser = UrlParser(settings)
     app.state.renderer = None
     app.state.job_config = job_config
-    app.state.job_queue = None
+    app.state.jobs = None
+    app.state.traffic = TrafficSampler()
     app.state.drain = drain
     return app
 

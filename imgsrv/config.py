@@ -118,6 +118,10 @@ class Settings:
     job_callback_attempts: int = 5
     job_accept_replicas: int = 1  # replicas that must confirm a submission (WAIT); 0 = none
     job_accept_timeout: float = 0.5  # seconds a submission waits for them, then 503
+    job_merge_window: float = 0.05  # seconds a claimed job waits for others of its source
+    job_max_schedules: int = 100  # cron schedules per tenant
+    worker_heartbeat: float = 5.0  # registry heartbeat; offline after 3 missed
+    dashboard_refresh: float = 5.0  # seconds between the dashboard's own updates
     worker_metrics_port: int = 0  # `imgsrv worker` serves /metrics here; 0 = not at all
 
     # --- egress budget (image bytes served per month, counted in Redis)

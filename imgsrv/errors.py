@@ -113,6 +113,14 @@ class SourceNotFound(NotFound):
     slug = "source-not-found"
 
 
+class Conflict(ImgsrvError):
+    """The request does not fit the current state of what it names."""
+
+    status = 409
+    title = "Conflict"
+    slug = "conflict"
+
+
 class TooLarge(ImgsrvError):
     status = 413
     title = "Source too large"

@@ -246,3 +246,18 @@ def serve_metrics(host: str, port: int) -> None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     start_http_server(port, host, registry=registry)
+
+
+SHARED_DECODES = Counter(
+    "imgsrv_shared_decodes_total",
+    "Source decodes shared by the variants of a set (jobs): one per set, however many variants",
+)
+JOBS_MERGED = Counter(
+    "imgsrv_jobs_merged_total",
+    "Jobs whose variants were rendered from a decode shared with another job of the same source",
+)
+WORKERS_ONLINE = Gauge(
+    "imgsrv_workers_online",
+    "Worker processes (serving processes and imgsrv worker) whose registry heartbeat is current",
+    multiprocess_mode="mostrecent",
+)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from imgsrv import metrics
@@ -34,7 +34,14 @@ from imgsrv.errors import ImgsrvError
 from imgsrv.pool import Admission, TransformPool
 from imgsrv.sources import SourceBytes, SourceFetcher
 from imgsrv.spec import TransformSpec
-from imgsrv.transform import ImageInfo, Rendered, TransformOptions, probe, transform
+from imgsrv.transform import (
+    ImageInfo,
+    Rendered,
+    TransformOptions,
+    VariantSet,
+    probe,
+    transform,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,10 @@ class _Miss:
     accepted: frozenset[str]
     reserve: int = 0
     admission: Admission | None = None
+
+
+Produce = Callable[["_Miss", str | None], Awaitable[RenderResult]]
+"""Renders and stores a miss, releasing the render lock its token holds (if any)."""
 
 
 def strong_etag(data: bytes) -> str:
@@ -184,11 +195,14 @@ class Renderer:
             if not miss.admission.running:  # answered without a transform: L2 hit, error
                 miss.admission.release()
 
-    async def _miss(self, miss: _Miss) -> RenderResult:
+    async def _miss(self, miss: _Miss, produce: Produce | None = None) -> RenderResult:
+        """Past L1: the L2 entry, another process's render, or ``produce``'s (default: fetch,
+        transform and store), holding the render lock meanwhile."""
+        produce = produce or self._render_and_store
         key, spec = miss.key, miss.spec
         use_l1 = miss.reserve == 0
         if self.l2 is None:
-            return await self._render_and_store(miss)
+            return await produce(miss, None)
         started = time.perf_counter()
         if miss.admission is None:
             # Background work needs no place for an L2 hit: look first, then shed before
@@ -208,10 +222,10 @@ class Renderer:
             if entry is not None:
                 metrics.COALESCED.labels("lock").inc()
                 return RenderResult(entry, "l2", {"cache": _ms_since(started)})
-            return await self._render_and_store(miss)
+            return await produce(miss, None)
         try:
             # The store releases the lock in the same round trip.
-            return await self._render_and_store(miss, found.token)
+            return await produce(miss, found.token)
         except BaseException:
             await self.l2.release_lock(key, spec.source, found.token)
             raise
@@ -277,6 +291,11 @@ class Renderer:
             metrics.CACHE_EVENTS.labels("l1", "eviction").inc(self.l1.evictions - evictions)
         metrics.L1_BYTES.set(self.l1.bytes_in_use)
 
+    def variant_set(self, source: str, specs: Sequence[TransformSpec]) -> VariantSetRender:
+        """Background renders of variants of ``source`` that share one download and one decode
+        (see :class:`VariantSetRender`)."""
+        return VariantSetRender(self, source, specs)
+
     async def info(self, spec: TransformSpec) -> ImageInfo:
         """Header metadata of the source of ``spec`` (its options are ignored)."""
         admission, source, _ = await self._admit_and_fetch(spec.source, 0)
@@ -336,6 +355,72 @@ class Renderer:
         metrics.SOURCE_BYTES.inc(len(fetched.data))
         metrics.CACHE_EVENTS.labels("source", "miss").inc()
         return fetched
+
+
+class VariantSetRender:
+    """Variants of one source rendered for background work (jobs) from one decode.
+
+    Each :meth:`render` goes the way of a background :meth:`Renderer.render` (L2, the
+    cross-process lock, L2 store; L1 left alone), but a miss transforms with a
+    :class:`~imgsrv.transform.VariantSet` shared by every variant of the set: the source is
+    fetched once, decoded once at the largest size the set needs, and each variant is derived
+    from that image in memory. Each variant takes its own pool place, so work for requests is
+    never held behind a whole set, and a caller may stop between variants.
+    """
+
+    def __init__(self, renderer: Renderer, source: str, specs: Sequence[TransformSpec]) -> None:
+        self.renderer = renderer
+        self.source = source
+        self.specs = tuple(specs)
+        self._variants: VariantSet | None = None
+        self._fetching = asyncio.Lock()
+        self._decodes_counted = 0
+
+    async def render(self, spec: TransformSpec) -> RenderResult:
+        """The entry for ``spec`` (a spec of this source), from L2 or rendered from the set."""
+        renderer = self.renderer
+        key = cache_key(spec, frozenset())
+        miss = _Miss(key, spec, frozenset(), renderer.tuning.background_reserve)
+        result, shared = await renderer._flight.run(
+            key + "|background", lambda: renderer._miss(miss, self._render_and_store)
+        )
+        if shared:
+            metrics.COALESCED.labels("render").inc()
+        return result
+
+    async def _variant_set(self) -> tuple[VariantSet, float]:
+        """The shared VariantSet, its source fetched on first use (ms spent fetching)."""
+        async with self._fetching:
+            if self._variants is not None:
+                return self._variants, 0.0
+            fetched, fetch_ms = await self.renderer._fetch(self.source)
+            self._variants = VariantSet(
+                fetched.data, self.specs, frozenset(), self.renderer.options
+            )
+            return self._variants, fetch_ms
+
+    async def _render_and_store(self, miss: _Miss, lock_token: str | None) -> RenderResult:
+        renderer, key, spec = self.renderer, miss.key, miss.spec
+        variants, fetch_ms = await self._variant_set()
+        admission = renderer.pool.admit(renderer.tuning.background_reserve)
+        started = time.perf_counter()
+        try:
+            image = await renderer.pool.run_admitted(admission, variants.render, spec)
+        except ImgsrvError as exc:
+            metrics.TRANSFORM_ERRORS.labels(exc.slug).inc()
+            raise
+        transform_s = time.perf_counter() - started
+        metrics.TRANSFORM_SECONDS.labels(image.format).observe(transform_s)
+        if variants.decodes > self._decodes_counted:
+            metrics.SHARED_DECODES.inc(variants.decodes - self._decodes_counted)
+            self._decodes_counted = variants.decodes
+        entry = to_entry(image)
+        stored = renderer.l2 is not None and await renderer.l2.put(
+            key, entry, spec.ttl, spec.source, lock_token
+        )
+        if stored:
+            metrics.CACHE_EVENTS.labels("l2", "store").inc()
+        return RenderResult(entry, "miss", {"fetch": fetch_ms, "transform": transform_s * 1000})
 
 
 def _ms_since(started: float) -> float:

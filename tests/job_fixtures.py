@@ -24,6 +24,8 @@ TENANT_B, KEY_B = "tenant-b", "key-b-0123456789"
 API_KEYS = f"{TENANT_A}:{KEY_A},{TENANT_B}:{KEY_B}"
 AUTH_A = {"Authorization": f"Bearer {KEY_A}"}
 AUTH_B = {"Authorization": f"Bearer {KEY_B}"}
+ADMIN_KEY = "admin-key-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 TINY = "files/jpeg/baseline-tiny-nometa.jpg"
 PHOTO = "files/orientation/Landscape_1.jpg"  # 1800x1200
@@ -46,6 +48,7 @@ def job_settings(redis_url: str, **overrides: object) -> Settings:
         "access_log": False,
         "log_level": "warning",
         "api_keys": tuple(API_KEYS.split(",")),
+        "admin_key": ADMIN_KEY,
         "job_workers": 0,
         **FAST_JOBS,
     }
@@ -151,6 +154,7 @@ def worker_env(redis_url: str, **extra: str) -> dict[str, str]:
         "IMGSRV_REDIS_URL": redis_url,
         "IMGSRV_ALLOW_SOURCE_NETWORKS": "127.0.0.0/8",
         "IMGSRV_API_KEYS": API_KEYS,
+        "IMGSRV_ADMIN_KEY": ADMIN_KEY,
         **{f"IMGSRV_{name.upper()}": str(value) for name, value in FAST_JOBS.items()},
     }
     env.update(extra)

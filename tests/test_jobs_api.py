@@ -301,8 +301,8 @@ def test_unknown_job_ids_are_404(api: TestClient, job_id: str) -> None:
 def test_wrong_methods_are_405_with_allow(api: TestClient) -> None:
     response = api.put("/v1/jobs", headers=AUTH_A)
     assert response.status_code == 405 and "POST" in response.headers["allow"]
-    response = api.patch("/v1/jobs/" + "0" * 24, headers=AUTH_A)
-    assert response.status_code == 405 and "DELETE" in response.headers["allow"]
+    response = api.put("/v1/jobs/" + "0" * 24, headers=AUTH_A)
+    assert response.status_code == 405 and "PATCH" in response.headers["allow"]
 
 
 def test_openapi_document_is_served_without_a_key(api: TestClient) -> None:
@@ -310,7 +310,22 @@ def test_openapi_document_is_served_without_a_key(api: TestClient) -> None:
     assert response.status_code == 200
     document = response.json()
     assert document["openapi"] == "3.1.0"
-    assert set(document["paths"]) == {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/openapi.json"}
-    variants = document["components"]["schemas"]["JobRequest"]["properties"]["variants"]
+    assert set(document["paths"]) == {
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/retry",
+        "/v1/queues",
+        "/v1/queues/{priority}/pause",
+        "/v1/queues/{priority}/resume",
+        "/v1/workers",
+        "/v1/workers/{worker_id}",
+        "/v1/schedules",
+        "/v1/schedules/{schedule_id}",
+        "/v1/stats",
+        "/v1/openapi.json",
+    }
+    schemas = document["components"]["schemas"]
+    variants = schemas["JobSubmission"]["properties"]["variants"]
     assert variants["maxItems"] == 4  # the configured job_max_variants
-    assert "w" in document["components"]["schemas"]["Variant"]["properties"]
+    assert "w" in variants["items"]["propertyNames"]["enum"]
+    assert "ttl" not in variants["items"]["propertyNames"]["enum"]

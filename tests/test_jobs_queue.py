@@ -12,6 +12,7 @@ from redis.crc import key_slot
 
 from imgsrv.jobs.auth import ApiKeys
 from imgsrv.jobs.config import JobConfig
+from imgsrv.jobs.errors import JobNotFound
 from imgsrv.jobs.model import JobRequest, Priority
 from imgsrv.jobs.queue import Claim, JobQueue
 from tests.servers import RedisProcess
@@ -190,7 +191,8 @@ async def test_cancel_of_a_queued_job_takes_it_out_of_the_queue(redis: Redis) ->
     for job in (drop, later):
         cancelled, now = await queue.cancel(job.id, "a")
         assert now and cancelled is not None and cancelled.status == "cancelled"
-    assert await queue.cancel(keep.id, "b") == (None, False)  # another tenant's job
+    with pytest.raises(JobNotFound):
+        await queue.cancel(keep.id, "b")  # another tenant's job
     stats = await queue.maintain()
     assert stats.ready["normal"] == 1 and stats.delayed == 0
     assert [c.job.id for c in await claim_all(queue)] == [keep.id]
@@ -279,3 +281,40 @@ async def test_the_oldest_ready_job_and_the_wait_of_a_claim(redis: Redis) -> Non
     assert await queue.release(claimed[1])
     (again,) = await claim_all(queue)
     assert again.waited < 0.3
+async def test_a_new_priority_keeps_the_jobs_place_in_its_tenants_order(redis: Redis) -> None:
+    queue = make_queue(redis)
+    first, _ = await queue.submit("a", request("high"))
+    await asyncio.sleep(0.002)
+    moved, _ = await queue.submit("a", request("low"))
+    await asyncio.sleep(0.002)
+    last, _ = await queue.submit("a", request("high"))
+    job, changed = await queue.set_priority(moved.id, "a", "high")
+    assert changed and job.priority == "high"
+    assert (await queue.maintain()).ready == {"high": 3, "normal": 0, "low": 0}
+    assert [c.job.id for c in await claim_all(queue)] == [first.id, moved.id, last.id]
+
+
+async def test_a_paused_priority_is_skipped_and_resumes_where_it_was(redis: Redis) -> None:
+    queue = make_queue(redis)
+    normal = [(await queue.submit("a", request("normal")))[0].id for _ in range(2)]
+    high, _ = await queue.submit("a", request("high"))
+    assert await queue.pause("normal", True)
+    assert [c.job.id for c in await claim_all(queue)] == [high.id]
+    assert await claim(queue) is None
+    stats = await queue.queue_stats()
+    assert [p["paused"] for p in stats["priorities"]] == [False, True, False]
+    assert await queue.pause("normal", False)
+    assert [c.job.id for c in await claim_all(queue)] == normal
+
+
+async def test_leases_of_a_job_that_runs_again_after_retry_count_afresh(redis: Redis) -> None:
+    queue = make_queue(redis, max_attempts=1)
+    job, _ = await queue.submit("a", request())
+    claimed = await claim(queue)
+    assert claimed is not None
+    assert await queue.retry(claimed, 0, {"type": "x", "title": "x", "status": 502}) == "failed"
+    again, queued = await queue.rerun(job.id, "a")
+    assert queued and again.status == "queued" and again.attempts == 0 and again.error is None
+    assert (await queue.rerun(job.id, None))[1] is False  # already queued: unchanged
+    reclaimed = await claim(queue)
+    assert reclaimed is not None and reclaimed.job.id == job.id and reclaimed.job.attempts == 1

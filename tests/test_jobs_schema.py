@@ -19,7 +19,7 @@ from imgsrv.config import Settings
 from imgsrv.jobs.config import JobConfig
 from imgsrv.jobs.openapi import openapi_document
 from tests.conftest import LiveServer
-from tests.job_fixtures import KEY_A, job_settings
+from tests.job_fixtures import ADMIN_KEY, KEY_A, job_settings
 from tests.origin import shared_origin
 from tests.servers import RedisProcess
 
@@ -33,7 +33,9 @@ def schema_settings(redis_url: str) -> Settings:
 DOCUMENT = openapi_document(JobConfig.from_settings(schema_settings("redis://unused")))
 # Authenticated the way the document says, so that schemathesis also knows when it leaves the
 # key out on purpose (and then expects a 401).
-AUTH = SchemathesisConfig.from_dict({"auth": {"openapi": {"apiKey": {"bearer": KEY_A}}}})
+AUTH = SchemathesisConfig.from_dict(
+    {"auth": {"openapi": {"tenantKey": {"bearer": KEY_A}, "adminKey": {"bearer": ADMIN_KEY}}}}
+)
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=AUTH)
 
 

@@ -36,13 +36,6 @@ KEY = "k3y-live"
 
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed")
 
-# Expressions allowed to return no data for now, with the metric each waits for: the worker
-# registry exports imgsrv_workers_online, and this tree does not have it yet. Remove them
-# from here (making them strict) once imgsrv.metrics defines it.
-ALLOWED_NO_DATA = {
-    "alert ImgsrvWorkersMissing": "imgsrv_workers_online",
-    "panel Workers online": "imgsrv_workers_online",
-}
 
 
 class Prometheus:
@@ -255,13 +248,9 @@ def rules() -> list[dict[str, Any]]:
     return [rule for group in groups for rule in group["rules"]]
 
 
-def allowed_empty(name: str) -> bool:
-    return any(name == key or name.startswith(key + " ") for key in ALLOWED_NO_DATA)
-
-
 def check_returns_data(prom: Prometheus, name: str, expr: str) -> None:
     result = prom.result(expr)
-    assert result or allowed_empty(name), f"{name}: no data for {expr}"
+    assert result, f"{name}: no data for {expr}"
 
 
 def test_every_dashboard_query_returns_data(prometheus: Prometheus) -> None:

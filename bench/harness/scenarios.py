@@ -18,11 +18,14 @@ every server it started, whatever happens.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from bench.harness import ceiling, loadgen, servers, workload
@@ -398,6 +401,7 @@ def jobs(bench: Bench) -> Scenario:
         extra["job_metrics"] = bench.metric_values(
             imgsrv.url, r"imgsrv_jobs?_(submitted|finished|variants)_total\{.*\}"
         )
+    extra["decode_once"] = decode_once(bench)
     return _entry(SYNC_USERS, bench.timing.rounds * seconds, contenders, bench)
 
 
@@ -407,6 +411,17 @@ def _miss_scenario(name: str) -> Callable[[Bench], Scenario]:
 
 def _overload_scenario(name: str) -> Callable[[Bench], Scenario]:
     return lambda bench: overload(bench, name)
+def decode_once(bench: Bench) -> dict[str, Any]:
+    """CPU of a 6-width WebP set from one decode against 6 renders (bench/decode_once.py), in
+    a process of its own so that nothing else counts in its CPU time."""
+    rounds = "1" if bench.timing.jobs_s < 10 else "5"
+    script = Path(__file__).resolve().parents[1] / "decode_once.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--rounds", rounds, "--work", str(bench.work / "sources")],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 SCENARIOS: dict[str, Callable[[Bench], Scenario]] = {

@@ -56,6 +56,10 @@ class ApiKeys:
                 found = tenant
         return found
 
+    def tenants(self) -> list[str]:
+        """The configured tenants, sorted."""
+        return sorted(self._keys)
+
     def key_of(self, tenant: str) -> str | None:
         """The (first) key of ``tenant``, used to sign its callbacks when no secret is set."""
         return self._keys.get(tenant)

@@ -37,6 +37,9 @@ class JobConfig:
     callback_attempts: int = 5
     accept_replicas: int = 1
     accept_timeout: float = 0.5
+    merge_window: float = 0.05
+    max_schedules: int = 100
+    registry_heartbeat: float = 5.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobConfig:
@@ -59,6 +62,12 @@ class JobConfig:
             raise ConfigError("job_heartbeat must be positive and shorter than job_lease")
         if settings.job_poll_interval <= 0 or settings.job_backoff < 0:
             raise ConfigError("job_poll_interval must be positive and job_backoff not negative")
+        if settings.job_merge_window < 0 or settings.job_max_schedules < 0:
+            raise ConfigError("job_merge_window and job_max_schedules must not be negative")
+        if settings.worker_heartbeat <= 0 or settings.dashboard_refresh <= 0:
+            raise ConfigError("worker_heartbeat and dashboard_refresh must be positive")
+        if settings.admin_key and ApiKeys(settings.api_keys).tenant(settings.admin_key):
+            raise ConfigError("admin_key must differ from every API key in api_keys")
         if settings.job_retention_days <= 0 or settings.job_callback_timeout <= 0:
             raise ConfigError("job_retention_days and job_callback_timeout must be positive")
         return cls(
@@ -77,6 +86,9 @@ class JobConfig:
             callback_attempts=settings.job_callback_attempts,
             accept_replicas=settings.job_accept_replicas,
             accept_timeout=settings.job_accept_timeout,
+            merge_window=settings.job_merge_window,
+            max_schedules=settings.job_max_schedules,
+            registry_heartbeat=settings.worker_heartbeat,
         )
 
     def retry_delay(self, attempt: int) -> float:

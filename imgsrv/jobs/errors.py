@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from imgsrv.errors import (
+    Conflict,
     Forbidden,
     NamedBadRequest,
     NotFound,
@@ -42,6 +43,42 @@ class JobNotFound(NotFound):
 
     title = "Job not found"
     slug = "job-not-found"
+
+
+class JobConflict(Conflict):
+    """The job is not in a state the action applies to (retry of a running job, say)."""
+
+    title = "Job conflict"
+    slug = "job-conflict"
+
+
+class ScheduleNotFound(NotFound):
+    title = "Schedule not found"
+    slug = "schedule-not-found"
+
+
+class WorkerNotFound(NotFound):
+    title = "Worker not found"
+    slug = "worker-not-found"
+
+
+class TooManySchedules(Conflict):
+    title = "Too many schedules"
+    slug = "too-many-schedules"
+
+
+class AdminKeyRequired(Unauthorized):
+    """The admin API needs ``Authorization: Bearer <admin key>``."""
+
+    title = "Admin key required"
+    slug = "admin-key-required"
+
+
+class AdminDisabled(Forbidden):
+    """No admin key is configured, so the admin API is off."""
+
+    title = "Admin API disabled"
+    slug = "admin-disabled"
 
 
 class RequestTooLarge(TooLarge):

@@ -46,6 +46,7 @@ class JobRequest:
     run_at_ms: int = 0  # absolute (Unix ms); 0 = use delay_ms
     callback_url: str = ""
     idempotency_key: str = ""
+    depends_on: tuple[str, ...] = ()
 
     def stored(self) -> bytes:
         """The request as kept in the job record."""
@@ -84,6 +85,12 @@ class Job:
     callback: JsonObject | None = None
     idempotency_key: str = ""
     worker: str = ""
+    depends_on: list[str] = field(default_factory=list)
+    pending: int = 0
+    schedule: str = ""
+    # Filled in by the queue when it reads the job: its events, its dependencies' statuses.
+    timeline: list[JsonObject] = field(default_factory=list)
+    dependency_status: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes | str, bytes | str]) -> Job:
@@ -116,6 +123,9 @@ class Job:
             callback=orjson.loads(text["callback"]) if text.get("callback") else None,
             idempotency_key=text.get("idempotency_key", ""),
             worker=text.get("worker", ""),
+            depends_on=orjson.loads(text["deps"]) if text.get("deps") else [],
+            pending=int(text.get("pending") or 0),
+            schedule=text.get("schedule", ""),
         )
 
     @property
@@ -131,6 +141,7 @@ class Job:
         """The public JSON shape of the job (``GET /v1/jobs/{id}``, callbacks)."""
         body: JsonObject = {
             "id": self.id,
+            "tenant": self.tenant,
             "status": self.status,
             "priority": self.priority,
             "source": self.source,
@@ -149,6 +160,14 @@ class Job:
             "error": self.error,
             "cancel_requested": self.cancel_requested,
             "idempotency_key": self.idempotency_key or None,
+            "depends_on": list(self.depends_on),
+            "dependencies": [
+                {"id": dep, "status": self.dependency_status.get(dep, "expired")}
+                for dep in self.depends_on
+            ],
+            "waiting_for_dependencies": self.pending if self.status == "queued" else 0,
+            "schedule": self.schedule or None,
+            "timeline": [timeline_event(event) for event in self.timeline],
             "links": {"self": f"/v1/jobs/{self.id}"},
         }
         if with_callback:
@@ -162,6 +181,12 @@ class Job:
         state: JsonObject = {"status": "waiting", "attempts": 0}
         state.update(self.callback or {})
         return {"url": self.callback_url, **state}
+
+
+def timeline_event(event: JsonObject) -> JsonObject:
+    """A stored timeline event (``at`` in Unix ms) with its time as RFC 3339 text."""
+    shown = {name: value for name, value in event.items() if name not in ("at", "event")}
+    return {"at": iso_time(int(event["at"])), "event": str(event["event"]), **shown}
 
 
 def iso_time(ms: int | None) -> str | None:

@@ -18,80 +18,75 @@ import ipaddress
 import re
 import socket
 import time
-from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import httpx
-import orjson
 
 from imgsrv.config import Settings
 from imgsrv.errors import InvalidOption
 from imgsrv.jobs.config import JobConfig
 from imgsrv.jobs.errors import ForbiddenCallback, InvalidJob
-from imgsrv.jobs.model import PRIORITIES, JobRequest, Priority
+from imgsrv.jobs.model import JobRequest
+from imgsrv.jobs.schema import MAX_DELAY_S, JobSubmission, convert, decode
 from imgsrv.sources import address_allowed, resolve_source
 from imgsrv.spec import DEFAULT_TTL, TransformSpec, parse_options
 from imgsrv.urls import spec_limits
 
-FIELDS = frozenset(
-    {
-        "source",
-        "variants",
-        "priority",
-        "callback_url",
-        "ttl",
-        "delay_s",
-        "run_at",
-        "idempotency_key",
-    }
-)
-MAX_DELAY_S = 30 * 86_400
-MAX_CALLBACK_URL = 2048
-MAX_IDEMPOTENCY_KEY = 255
 _IPV4_LIKE = re.compile(r"^[0-9a-fA-FxX.]+$")
+# A schedule submits its job again and again: these make sense for one submission only.
+NOT_IN_SCHEDULES = ("run_at", "delay_s", "idempotency_key", "depends_on")
 
 
 def parse_submission(body: bytes, settings: Settings, config: JobConfig) -> JobRequest:
     """Validate a ``POST /v1/jobs`` body; raises InvalidJob, InvalidSource or Forbidden*."""
+    return check_submission(decode(body, JobSubmission), settings, config)
+
+
+def parse_scheduled_job(data: dict[str, Any], settings: Settings, config: JobConfig) -> JobRequest:
+    """Validate the job body of a schedule; errors name ``job.<field>``."""
+    for name in NOT_IN_SCHEDULES:
+        if data.get(name) is not None:
+            raise InvalidJob(f"job.{name}", "not allowed in a schedule")
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidJob("body", "is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise InvalidJob("body", "must be a JSON object")
-    # An optional field sent as null means the same as leaving it out.
-    data = {name: value for name, value in data.items() if value is not None}
-    for name in data:
-        if name not in FIELDS:
-            raise InvalidJob(str(name)[:64], "unknown field")
-    raw_source = data.get("source")
-    if not isinstance(raw_source, str):
-        raise InvalidJob("source", "a source URL or path (string) is required")
-    source = resolve_source(raw_source, settings)
-    ttl = _ttl(data.get("ttl", DEFAULT_TTL), source, settings)
-    variants = data.get("variants")
-    if not isinstance(variants, list) or not variants:
-        raise InvalidJob("variants", "a non-empty list of variant objects is required")
+        return check_submission(convert(data, JobSubmission, "job."), settings, config)
+    except InvalidJob as exc:
+        if exc.culprit.startswith("job."):
+            raise
+        raise InvalidJob(
+            "job." + exc.culprit, exc.detail.partition(": ")[2] or exc.detail
+        ) from None
+
+
+def check_submission(
+    submission: JobSubmission, settings: Settings, config: JobConfig
+) -> JobRequest:
+    """The checks JSON Schema cannot express: the URL grammar of every variant, the source
+    and callback addresses, the configured variant limit, the start time."""
+    source = resolve_source(submission.source, settings)
+    ttl = _ttl(submission.ttl if submission.ttl is not None else DEFAULT_TTL, source, settings)
+    variants = submission.variants
     if len(variants) > config.max_variants:
         raise InvalidJob("variants", f"at most {config.max_variants} variants per job")
     options = tuple(_variant(i, v, source, ttl, settings) for i, v in enumerate(variants))
-    delay_ms, run_at_ms = _schedule(data.get("delay_s"), data.get("run_at"))
+    delay_ms, run_at_ms = _schedule(submission)
+    depends_on = tuple(submission.depends_on or ())
+    if len(set(depends_on)) != len(depends_on):
+        raise InvalidJob("depends_on", "names a job twice")
     return JobRequest(
         source=source,
-        variants=tuple(variants),
+        variants=tuple(dict(v) for v in variants),
         options=options,
-        priority=_priority(data.get("priority", "normal")),
+        priority=submission.priority or "normal",
         ttl=ttl,
         delay_ms=delay_ms,
         run_at_ms=run_at_ms,
-        callback_url=_callback_url(data.get("callback_url"), settings),
-        idempotency_key=_idempotency_key(data.get("idempotency_key")),
+        callback_url=_callback_url(submission.callback_url, settings),
+        idempotency_key=submission.idempotency_key or "",
+        depends_on=depends_on,
     )
 
 
-def _ttl(value: Any, source: str, settings: Settings) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidJob("ttl", "seconds (86400..259200) or a duration such as '2d'")
+def _ttl(value: int | str, source: str, settings: Settings) -> int:
     try:
         return parse_options(source, [("ttl", [str(value)])], spec_limits(settings)).ttl
     except InvalidOption as exc:
@@ -116,13 +111,9 @@ def _args(name: str, value: Any) -> list[str]:
 def _variant(index: int, variant: Any, source: str, ttl: int, settings: Settings) -> str:
     """Check one variant; returns its canonical option string (ttl included)."""
     where = f"variants[{index}]"
-    if not isinstance(variant, dict):
-        raise InvalidJob(where, 'must be an object of options, e.g. {"w": 320, "f": "webp"}')
     pairs: list[tuple[str, list[str]]] = []
     try:
         for name, value in variant.items():
-            if name == "ttl":
-                raise InvalidOption(name, "set ttl on the job; it applies to every variant")
             pairs.append((name, _args(name, value)))
         pairs.append(("ttl", [str(ttl)]))
         spec = parse_options(source, pairs, spec_limits(settings))
@@ -139,43 +130,26 @@ def variant_options(spec: TransformSpec) -> str:
     return "/".join([*parts, f"ttl:{spec.ttl}"])
 
 
-def _priority(value: Any) -> Priority:
-    if value not in PRIORITIES:
-        raise InvalidJob("priority", "one of high, normal, low")
-    return cast(Priority, value)
-
-
-def _schedule(delay: Any, run_at: Any) -> tuple[int, int]:
+def _schedule(submission: JobSubmission) -> tuple[int, int]:
     """(delay in ms, absolute Unix ms or 0) from ``delay_s`` or ``run_at``."""
+    delay, run_at = submission.delay_s, submission.run_at
     if delay is not None and run_at is not None:
         raise InvalidJob("run_at", "give delay_s or run_at, not both")
     if delay is not None:
-        if isinstance(delay, bool) or not isinstance(delay, int | float):
-            raise InvalidJob("delay_s", "a number of seconds")
-        if not 0 <= delay <= MAX_DELAY_S:
-            raise InvalidJob("delay_s", f"must be within 0..{MAX_DELAY_S} seconds")
         return int(delay * 1000), 0
     if run_at is not None:
-        if not isinstance(run_at, str):
-            raise InvalidJob("run_at", "an RFC 3339 time, e.g. 2030-01-01T12:00:00Z")
-        try:
-            moment = datetime.fromisoformat(run_at)
-        except ValueError:
-            raise InvalidJob("run_at", "an RFC 3339 time, e.g. 2030-01-01T12:00:00Z") from None
-        if moment.tzinfo is None:
+        if run_at.tzinfo is None:
             raise InvalidJob("run_at", "needs a time zone (Z or +hh:mm)")
-        at_ms = int(moment.timestamp() * 1000)
+        at_ms = int(run_at.timestamp() * 1000)
         if at_ms > (time.time() + MAX_DELAY_S) * 1000:
             raise InvalidJob("run_at", f"at most {MAX_DELAY_S // 86_400} days ahead")
         return 0, max(at_ms, 1)
     return 0, 0
 
 
-def _callback_url(value: Any, settings: Settings) -> str:
+def _callback_url(value: str | None, settings: Settings) -> str:
     if value is None:
         return ""
-    if not isinstance(value, str) or not value or len(value) > MAX_CALLBACK_URL:
-        raise InvalidJob("callback_url", f"an http(s) URL of at most {MAX_CALLBACK_URL} characters")
     try:
         url = httpx.URL(value)
         host = url.host
@@ -208,15 +182,3 @@ def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
         return ipaddress.IPv4Address(socket.inet_aton(host))
     except OSError:
         return None
-
-
-def _idempotency_key(value: Any) -> str:
-    if value is None:
-        return ""
-    if (
-        not isinstance(value, str)
-        or not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY
-        or not value.isprintable()
-    ):
-        raise InvalidJob("idempotency_key", f"1..{MAX_IDEMPOTENCY_KEY} printable characters")
-    return value

@@ -37,9 +37,12 @@ from imgsrv.errors import ImgsrvError, Overloaded
 from imgsrv.jobs.callbacks import CallbackSender
 from imgsrv.jobs.config import JobConfig
 from imgsrv.jobs.errors import QueueUnavailable
+from imgsrv.jobs.merge import MergeWindow
 from imgsrv.jobs.model import JsonObject, Status, log_job
 from imgsrv.jobs.queue import Claim, JobQueue
-from imgsrv.render import RenderResult
+from imgsrv.jobs.registry import WorkerInfo
+from imgsrv.jobs.services import JobServices
+from imgsrv.render import RenderResult, VariantSetRender
 from imgsrv.runtime import Runtime, open_runtime
 from imgsrv.spec import TransformSpec, parse_options, split_options
 from imgsrv.urls import sign_path, spec_limits, spec_path
@@ -50,6 +53,7 @@ T = TypeVar("T")
 
 SHUTDOWN_GRACE = 20.0  # seconds to finish the variants in hand before leases are abandoned
 STATS_INTERVAL = 2.0  # seconds between queue metric updates (and reaping when idle)
+SCHEDULE_INTERVAL = 1.0  # seconds between looks for due cron schedules
 
 INTERNAL_ERROR: JsonObject = {
     "type": "urn:imgsrv:problem:internal",
@@ -57,6 +61,15 @@ INTERNAL_ERROR: JsonObject = {
     "status": 500,
     "detail": "the worker failed unexpectedly; the error was logged",
 }
+
+
+def count_reaped(count: int) -> None:
+    if count:
+        metrics.JOB_LEASES_REAPED.inc(count)
+        # The jobs were queued again (or failed when out of attempts) by the script.
+        log.warning(
+            "took back jobs of workers that stopped renewing their lease", extra={"jobs": count}
+        )
 
 
 @dataclasses.dataclass(slots=True)
@@ -72,17 +85,31 @@ class JobWorker:
     """Runs queued jobs in ``concurrency`` slots of this process."""
 
     def __init__(
-        self, runtime: Runtime, queue: JobQueue, config: JobConfig, concurrency: int
+        self,
+        runtime: Runtime,
+        queue: JobQueue,
+        config: JobConfig,
+        concurrency: int,
+        name: str = "",
     ) -> None:
         self.runtime = runtime
         self.queue = queue
         self.config = config
         self.concurrency = concurrency
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        # The registry id of the process; a job's ``worker`` is this name and the slot number.
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.limits = spec_limits(runtime.settings)
         self.callbacks = CallbackSender(queue, config, runtime.settings)
         self._stopping = asyncio.Event()
         self._queue_down = False
+        # Set when a slot opens a merge window: idle slots claim at once instead of sleeping.
+        self._wake = asyncio.Event()
+        self.merger = MergeWindow(runtime.renderer, config.merge_window, self._wake.set)
+        self.current: dict[int, str] = {}
+
+    def current_jobs(self) -> list[str]:
+        """Ids of the jobs the slots run now (for the registry)."""
+        return sorted(self.current.values())
 
     def stop(self) -> None:
         """Stop claiming; jobs in hand finish their current variant and go back to the queue."""
@@ -108,18 +135,23 @@ class JobWorker:
             log.info("job queue available again")
         self._queue_down = trouble is not None
 
-    def _reaped(self, count: int) -> None:
-        if count:
-            metrics.JOB_LEASES_REAPED.inc(count)
-            # The jobs were queued again (or failed when out of attempts) by the script.
-            log.warning(
-                "took back jobs of workers that stopped renewing their lease", extra={"jobs": count}
-            )
-
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake up at once when the worker is stopping."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _idle(self, seconds: float) -> None:
+        """Sleep between polls; a slot that opens a merge window wakes the idle ones."""
+        self._wake.clear()
+        waits = [
+            asyncio.ensure_future(self._stopping.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     # ----------------------------------------------------------------------- loops
 
@@ -133,30 +165,29 @@ class JobWorker:
                 await self._pause(self.config.poll_interval)
                 continue
             self._queue_state(None)
-            self._reaped(reaped)
+            count_reaped(reaped)
             if claim is None:
                 # Jitter spreads the polls of many idle slots over the interval.
-                await self._pause(self.config.poll_interval * random.uniform(0.5, 1.0))
+                await self._idle(self.config.poll_interval * random.uniform(0.5, 1.0))
                 continue
+            self.current[number] = claim.job.id
             try:
                 await self._process(claim)
             except Exception:
                 # Never lose the slot over one job: its lease expires and it is reaped.
                 log.exception("job worker slot failed", extra={"job": claim.job.id})
+            finally:
+                self.current.pop(number, None)
 
     async def _housekeeping(self) -> None:
-        """Callbacks, queue metrics, and reaping while no slot claims."""
-        next_stats = 0.0
+        """Deliver due callbacks (queue upkeep and metrics are the ProcessDuties')."""
         while not self._stopping.is_set():
             try:
                 await self.callbacks.deliver_due()
-                if time.monotonic() >= next_stats:
-                    next_stats = time.monotonic() + STATS_INTERVAL
-                    self._reaped(await record_queue_stats(self.queue))
             except QueueUnavailable as exc:
                 self._queue_state(exc)
             except Exception:
-                log.exception("job housekeeping failed")
+                log.exception("job callback delivery failed")
             await self._pause(self.config.poll_interval)
 
     # ----------------------------------------------------------------------- one job
@@ -194,18 +225,27 @@ class JobWorker:
             await asyncio.gather(beat, return_exceptions=True)
 
     async def _render_variants(self, claim: Claim, run: _Run) -> str:
-        """Render every variant not done yet; returns succeeded, cancelled, released or lost."""
+        """Render every variant not done yet; returns succeeded, cancelled, released or lost.
+
+        The variants share one download and one decode of the source, and so do those of other
+        jobs of the same tenant and source claimed in the same merge window.
+        """
         job = claim.job
-        for index, options in enumerate(job.options):
-            if job.results[index] is not None:  # rendered by an earlier attempt
-                continue
+        specs = {
+            index: parse_options(job.source, split_options(options), self.limits)
+            for index, options in enumerate(job.options)
+            if job.results[index] is None  # rendered by an earlier attempt otherwise
+        }
+        if not specs:
+            return "succeeded"
+        shared = await self.merger.share(job.tenant, job.source, list(specs.values()))
+        for index, spec in specs.items():
             if run.cancel_requested:
                 return "cancelled"
             if self._stopping.is_set():
                 return "released"
             run.variant = index
-            spec = parse_options(job.source, split_options(options), self.limits)
-            rendered = await self._render(spec)
+            rendered = await self._render(shared, spec)
             if rendered is None:
                 return "released"
             job.results[index] = self._result(spec, rendered)
@@ -220,11 +260,11 @@ class JobWorker:
             run.cancel_requested = run.cancel_requested or cancel
         return "succeeded"
 
-    async def _render(self, spec: TransformSpec) -> RenderResult | None:
+    async def _render(self, shared: VariantSetRender, spec: TransformSpec) -> RenderResult | None:
         """Render on the shared pool; None when the worker stopped while the pool was full."""
         while True:
             try:
-                return await self.runtime.renderer.render(spec, background=True)
+                return await shared.render(spec)
             except Overloaded as exc:
                 # Requests fill the pool: wait for room without spending an attempt.
                 await self._pause(exc.retry_after * random.uniform(0.5, 1.0))
@@ -316,31 +356,67 @@ class JobWorker:
 # --------------------------------------------------------------------------- running
 
 
-async def record_queue_stats(queue: JobQueue) -> int:
-    """Reap and promote, and set the queue gauges; returns how many leases were reaped."""
-    stats = await queue.maintain()
-    for priority, depth in stats.ready.items():
-        metrics.JOBS_QUEUED.labels(priority).set(depth)
-    metrics.JOBS_DELAYED.set(stats.delayed)
-    metrics.JOBS_RUNNING.set(stats.running)
-    metrics.JOB_CALLBACKS_DUE.set(stats.callbacks_due)
-    for priority, seconds in (await queue.oldest_waits()).items():
-        metrics.JOBS_OLDEST_WAIT.labels(priority).set(seconds)
-    return stats.reaped
-
-
-async def watch_queue(queue: JobQueue) -> None:
-    """Keep the queue gauges current in a server that runs no job worker itself (the gauges
-    the autoscalers read come from the servers' /metrics)."""
-    while True:
-        with contextlib.suppress(QueueUnavailable):
-            await record_queue_stats(queue)
-        await asyncio.sleep(STATS_INTERVAL)
-
-
 async def stop_worker(worker: JobWorker, task: asyncio.Task[None]) -> None:
     """Stop gracefully; after SHUTDOWN_GRACE the rest is cancelled (its leases then expire)."""
-    worker.stop()
+    await _stop_task(worker.stop, task)
+
+
+class ProcessDuties:
+    """What every process with the job queue does, workers or not: keep its registry record
+    (and the ``imgsrv_workers_online`` gauge) current, and fire due cron schedules."""
+
+    def __init__(
+        self,
+        services: JobServices,
+        info: WorkerInfo,
+        current: Callable[[], list[str]] = list,
+    ) -> None:
+        self.services = services
+        self.info = info
+        self.current = current
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Until :meth:`stop`; then the record says the process stopped."""
+        next_beat = next_stats = 0.0
+        while not self._stopping.is_set():
+            try:
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.info.interval
+                    await self.services.registry.beat(self.info, self.current())
+                    metrics.WORKERS_ONLINE.set(await self.services.registry.online())
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + STATS_INTERVAL
+                    await self._maintain()
+                await self.services.schedules.fire_due()
+            except QueueUnavailable:
+                pass  # the worker loops log the outage; the next round tries again
+            except Exception:
+                log.exception("registry, schedule or queue duty failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), SCHEDULE_INTERVAL)
+        with contextlib.suppress(QueueUnavailable):
+            await self.services.registry.stop(self.info)
+
+    async def _maintain(self) -> None:
+        """Reap expired leases (of workers that died), promote due jobs, update the gauges:
+        every process does it, so jobs of a dead worker come back even where none claims."""
+        stats = await self.services.queue.maintain()
+        count_reaped(stats.reaped)
+        for priority, depth in stats.ready.items():
+            metrics.JOBS_QUEUED.labels(priority).set(depth)
+        metrics.JOBS_DELAYED.set(stats.delayed)
+        metrics.JOBS_RUNNING.set(stats.running)
+        metrics.JOB_CALLBACKS_DUE.set(stats.callbacks_due)
+        for priority, seconds in (await self.services.queue.oldest_waits()).items():
+            metrics.JOBS_OLDEST_WAIT.labels(priority).set(seconds)
+
+
+async def _stop_task(stop: Callable[[], None], task: asyncio.Task[None]) -> None:
+    stop()
     try:
         await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_GRACE)
     except TimeoutError:
@@ -351,32 +427,30 @@ async def stop_worker(worker: JobWorker, task: asyncio.Task[None]) -> None:
 @contextlib.asynccontextmanager
 async def serve_jobs(
     runtime: Runtime, config: JobConfig, drain: Drain | None = None
-) -> AsyncIterator[JobQueue | None]:
-    """The server's job queue (None without Redis) and, with ``job_workers`` > 0, its worker.
-
-    The worker stops claiming as soon as the process starts draining.
-    """
+) -> AsyncIterator[JobServices | None]:
+    """The server's job services (None without Redis), its registry record and schedule
+    firing, and with ``job_workers`` > 0 its worker, which stops claiming as soon as the
+    process starts draining."""
     if runtime.redis is None:
         yield None
         return
-    queue = JobQueue(runtime.redis, config)
-    if runtime.settings.job_workers < 1:
-        watcher = asyncio.create_task(watch_queue(queue))
-        try:
-            yield queue
-        finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-        return
-    worker = JobWorker(runtime, queue, config, runtime.settings.job_workers)
-    task = asyncio.create_task(worker.run())
-    unsubscribe = drain.on_drain(worker.stop) if drain is not None else None
+    services = JobServices.on(JobQueue(runtime.redis, config), config.max_schedules)
+    slots = runtime.settings.job_workers
+    info = WorkerInfo.of_this_process("server", max(slots, 0), config.registry_heartbeat)
+    worker = JobWorker(runtime, services.queue, config, slots, info.id) if slots > 0 else None
+    duties = ProcessDuties(services, info, worker.current_jobs if worker else list)
+    tasks = [asyncio.create_task(duties.run())]
+    if worker is not None:
+        tasks.append(asyncio.create_task(worker.run()))
+    unsubscribe = drain.on_drain(worker.stop) if drain is not None and worker else None
     try:
-        yield queue
+        yield services
     finally:
         if unsubscribe is not None:
             unsubscribe()
-        await stop_worker(worker, task)
+        if worker is not None:
+            await stop_worker(worker, tasks[1])
+        await _stop_task(duties.stop, tasks[0])
 
 
 def worker_settings(settings: Settings) -> Settings:
@@ -401,7 +475,11 @@ async def run_worker(settings: Settings, concurrency: int) -> None:
     config = JobConfig.from_settings(settings)
     async with open_runtime(settings) as runtime:
         assert runtime.redis is not None
-        worker = JobWorker(runtime, JobQueue(runtime.redis, config), config, concurrency)
+        services = JobServices.on(JobQueue(runtime.redis, config), config.max_schedules)
+        info = WorkerInfo.of_this_process("worker", concurrency, config.registry_heartbeat)
+        worker = JobWorker(runtime, services.queue, config, concurrency, info.id)
+        duties = ProcessDuties(services, info, worker.current_jobs)
+        duties_task = asyncio.create_task(duties.run())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for stop_signal in (signal.SIGTERM, signal.SIGINT):
@@ -412,4 +490,5 @@ async def run_worker(settings: Settings, concurrency: int) -> None:
         await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         await stop_worker(worker, task)
+        await _stop_task(duties.stop, duties_task)
         log.info("job worker stopped", extra={"worker": worker.name})

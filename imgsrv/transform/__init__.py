@@ -10,12 +10,14 @@ from imgsrv.transform.negotiate_format import resolve_auto_format
 from imgsrv.transform.options import TransformOptions
 from imgsrv.transform.pipeline import probe, transform
 from imgsrv.transform.results import ImageInfo, Rendered
+from imgsrv.transform.variant_set import VariantSet
 from imgsrv.transform.vips import configure_vips
 
 __all__ = [
     "ImageInfo",
     "Rendered",
     "TransformOptions",
+    "VariantSet",
     "configure_vips",
     "probe",
     "resolve_auto_format",
