@@ -16,8 +16,10 @@ from starlette.middleware import Middleware
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
+from imgsrv import metrics
 from imgsrv.access import AccessLogMiddleware
 from imgsrv.config import Settings, load_settings
+from imgsrv.drain import Drain, process_drain
 from imgsrv.errors import ImgsrvError
 from imgsrv.jobs.config import JobConfig
 from imgsrv.jobs.errors import AdminKeyRequired, ApiKeyRequired
@@ -47,16 +49,25 @@ class ImageCatchAll(Route):
 NOT_IMAGES = ("/v1/", "/dashboard")
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """Build the ASGI app for ``settings`` (default: from the environment)."""
+def create_app(settings: Settings | None = None, drain: Drain | None = None) -> Starlette:
+    """Build the ASGI app for ``settings`` (default: from the environment).
+
+    ``drain`` tells readiness and the job worker when the process starts draining (see
+    :mod:`imgsrv.drain`); the server passes its process's, tests their own.
+    """
     settings = settings or load_settings()
+    drain = drain or Drain()
+    drain.on_drain(lambda: metrics.DRAINING.set(1))
     configure_logging(settings.log_level)
     job_config = JobConfig.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         instance = InstanceLog()
-        async with open_runtime(settings) as runtime, serve_jobs(runtime, job_config) as services:
+        async with (
+            open_runtime(settings) as runtime,
+            serve_jobs(runtime, job_config, drain) as services,
+        ):
             app.state.runtime = runtime
             app.state.egress = runtime.egress
             app.state.renderer = runtime.renderer
@@ -120,9 +131,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.job_config = job_config
     app.state.jobs = None
     app.state.traffic = TrafficSampler()
+    app.state.drain = drain
     return app
 
 
 def asgi_app() -> Starlette:
     """Factory for uvicorn (``--factory``) and gunicorn: settings from the environment."""
-    return create_app()
+    return create_app(drain=process_drain())

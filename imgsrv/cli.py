@@ -26,6 +26,7 @@ from imgsrv import serving, urls
 from imgsrv.config import ENV_PREFIX, ConfigError, Settings, load_settings, settings_fields
 from imgsrv.errors import ImgsrvError
 from imgsrv.logs import configure_logging
+from imgsrv.redis_client import check_redis, open_blocking_redis
 
 if TYPE_CHECKING:
     from imgsrv.report.period import Period
@@ -146,6 +147,7 @@ def serve_command(args: argparse.Namespace) -> int:
     }
     settings = load_settings(**overrides)
     configure_logging(settings.log_level)
+    check_redis_at_start(settings)
     # Workers rebuild Settings from the environment: hand the flags over that way.
     os.environ.update({ENV_PREFIX + name.upper(): str(value) for name, value in overrides.items()})
 
@@ -178,6 +180,7 @@ def worker_command(args: argparse.Namespace) -> int:
     overrides = {} if args.metrics_port is None else {"worker_metrics_port": args.metrics_port}
     settings = worker_settings(load_settings(**overrides))
     configure_logging(settings.log_level)
+    check_redis_at_start(settings)
     if settings.worker_metrics_port:
         serve_metrics(settings.host, settings.worker_metrics_port)
     # Before any thread exists, so that the libvips threads inherit the lower priority.
@@ -186,6 +189,15 @@ def worker_command(args: argparse.Namespace) -> int:
     concurrency = args.concurrency or 2 * settings.thread_count
     asyncio.run(run_worker(settings, concurrency))
     return 0
+
+
+def check_redis_at_start(settings: Settings) -> None:
+    """A configured Redis must answer now: a wrong URL stops the start with one line naming
+    IMGSRV_REDIS_URL (a ConfigError, exit status 2) instead of a server whose cache and job
+    queue never work. A Redis that goes away later is the circuit breaker's business."""
+    found = check_redis(settings)
+    if found is not None:
+        log.info("redis reachable", extra={"redis": found})
 
 
 # --------------------------------------------------------------------------- report
@@ -224,8 +236,6 @@ def report_period(month: str | None, first: str | None, last: str | None) -> Per
 
 def collect_review(args: argparse.Namespace, period: Period, settings: Settings) -> Review:
     """The review from Prometheus when a URL is given, else from the Redis counters."""
-    import redis
-
     from imgsrv.embedded_redis import running_embedded_url
     from imgsrv.report.from_prometheus import review_from_prometheus
     from imgsrv.report.from_redis import review_from_redis
@@ -240,8 +250,11 @@ def collect_review(args: argparse.Namespace, period: Period, settings: Settings)
         )
     budget = settings.egress_budget_bytes
     saver_at = int(budget * settings.egress_saver_at)
-    with redis.Redis.from_url(url, socket_timeout=5) as client:
+    client = open_blocking_redis(url, timeout=5.0)
+    try:
         return review_from_redis(client, settings.redis_prefix, period, budget, saver_at)
+    finally:
+        client.close()
 
 
 # --------------------------------------------------------------------------- sign

@@ -35,6 +35,7 @@ class Settings:
     log_level: str = "info"
     access_log: bool = True
     data_dir: str = "imgsrv-data"
+    drain_delay: float = 0.0  # seconds /readyz answers 503 after SIGTERM before the listener closes
 
     # --- URL signing (hex strings; empty key = unsigned dev mode)
     signing_key: str = ""
@@ -117,6 +118,8 @@ class Settings:
     job_callback_secret: str = ""  # hex; empty = each tenant's API key
     job_callback_timeout: float = 10.0
     job_callback_attempts: int = 5
+    job_accept_replicas: int = 1  # replicas that must confirm a submission (WAIT); 0 = none
+    job_accept_timeout: float = 0.5  # seconds a submission waits for them, then 503
     job_merge_window: float = 0.05  # seconds a claimed job waits for others of its source
     job_max_schedules: int = 100  # cron schedules per tenant
     worker_heartbeat: float = 5.0  # registry heartbeat; offline after 3 missed
@@ -339,6 +342,13 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"{name} must be within 1..100")
     if s.max_source_bytes <= 0 or s.max_source_megapixels <= 0:
         raise ConfigError("max_source_bytes and max_source_megapixels must be positive")
+    if s.drain_delay < 0:
+        raise ConfigError("drain_delay must not be negative")
+    if s.job_accept_replicas < 0 or not 0 < s.job_accept_timeout <= 60:
+        raise ConfigError(
+            "job_accept_replicas must not be negative and job_accept_timeout must be "
+            "within (0, 60] seconds"
+        )
     for name in ("auto_formats", "egress_saver_auto_formats"):
         unknown = set(getattr(s, name)) - set(AUTO_FORMATS)
         if unknown:

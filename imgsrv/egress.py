@@ -35,11 +35,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from imgsrv import metrics
 from imgsrv.config import Settings
+from imgsrv.redis_client import REDIS_ERRORS, RedisClient
 from imgsrv.transform import TransformOptions
 
 log = logging.getLogger("imgsrv.egress")
@@ -107,7 +105,7 @@ class EgressMeter:
     def __init__(
         self,
         settings: Settings,
-        redis: Redis | None,
+        redis: RedisClient | None,
         saver: SaverMode,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -173,7 +171,7 @@ class EgressMeter:
         else:
             try:
                 await self._send()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_ERRORS as exc:
                 if not self._redis_down:
                     log.warning("egress counters not written to Redis", extra={"error": repr(exc)})
                 self._redis_down = True

@@ -163,17 +163,24 @@ class SourceError(ImgsrvError):
     retryable = True
 
 
-class Overloaded(ImgsrvError):
-    """Too many transforms in flight: shed load instead of queueing without bound."""
+class Unavailable(ImgsrvError):
+    """503: the request may succeed later; the answer says when in ``Retry-After``."""
 
     status = 503
-    title = "Overloaded"
-    slug = "overloaded"
+    title = "Service unavailable"
+    slug = "unavailable"
     retryable = True
 
     def __init__(self, detail: str, retry_after: int = 1) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+
+
+class Overloaded(Unavailable):
+    """Too many transforms in flight: shed load instead of queueing without bound."""
+
+    title = "Overloaded"
+    slug = "overloaded"
 
 
 class SourceTimeout(ImgsrvError):

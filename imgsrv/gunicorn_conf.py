@@ -8,6 +8,8 @@ ignored by it.
 
 from __future__ import annotations
 
+import math
+
 from imgsrv import serving
 from imgsrv.config import load_settings
 
@@ -25,7 +27,8 @@ worker_class = serving.WORKER_CLASS
 preload_app = False
 
 timeout = serving.WORKER_TIMEOUT_SECONDS
-graceful_timeout = serving.GRACEFUL_TIMEOUT_SECONDS
+# A stopping worker first drains (readiness 503 while it still serves), then finishes.
+graceful_timeout = serving.GRACEFUL_TIMEOUT_SECONDS + math.ceil(_settings.drain_delay)
 keepalive = serving.KEEPALIVE_SECONDS
 worker_tmp_dir = serving.worker_tmp_dir()
 

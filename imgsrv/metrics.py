@@ -194,6 +194,22 @@ JOB_CALLBACKS = Counter(
     "Callback deliveries (outcome=delivered|retry|failed)",
     ["outcome"],
 )
+JOB_ACCEPT_WAIT = Histogram(
+    "imgsrv_job_accept_duration_seconds",
+    "Time to queue a submitted job and have a replica confirm it (Redis WAIT)",
+    buckets=LATENCY_BUCKETS,
+)
+JOB_ACCEPT_UNCONFIRMED = Counter(
+    "imgsrv_job_accept_unconfirmed_total",
+    "Submissions answered 503 because no replica confirmed them within job_accept_timeout",
+)
+
+# --- instance lifecycle
+DRAINING = Gauge(
+    "imgsrv_draining",
+    "1 while this process drains after a stop signal (readiness 503, still serving)",
+    multiprocess_mode="livemax",
+)
 
 # --- egress (image body bytes served; see imgsrv.egress)
 EGRESS_BYTES = Counter(

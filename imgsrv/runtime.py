@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 
-from redis.asyncio import Redis
-
 from imgsrv import metrics
 from imgsrv.cache.breaker import CircuitBreaker
 from imgsrv.cache.l1 import L1Cache
@@ -26,6 +24,7 @@ from imgsrv.egress import EgressMeter, saver_mode
 from imgsrv.logs import flush_logs
 from imgsrv.memory import limit_malloc_arenas, release_free_memory
 from imgsrv.pool import TransformPool
+from imgsrv.redis_client import RedisClient, close_redis, connect_redis, warm_up
 from imgsrv.render import Renderer, RenderTuning
 from imgsrv.sources import SourceFetcher
 from imgsrv.transform import TransformOptions, configure_vips
@@ -38,7 +37,7 @@ class Runtime:
     settings: Settings
     pool: TransformPool
     fetcher: SourceFetcher
-    redis: Redis | None
+    redis: RedisClient | None
     renderer: Renderer
     egress: EgressMeter
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -50,19 +49,7 @@ def transform_options(settings: Settings) -> TransformOptions:
     return TransformOptions(**{name: getattr(settings, name) for name in names})
 
 
-def connect_redis(settings: Settings) -> Redis | None:
-    """A Redis client with short timeouts, or None when no Redis is configured."""
-    if not settings.redis_url:
-        return None
-    return Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        health_check_interval=30,
-    )
-
-
-def build_l2(settings: Settings, redis: Redis) -> L2Cache:
+def build_l2(settings: Settings, redis: RedisClient) -> L2Cache:
     breaker = CircuitBreaker(settings.redis_breaker_failures, settings.redis_breaker_reset)
     return L2Cache(
         redis, prefix=settings.redis_prefix, timeout=settings.redis_timeout, breaker=breaker
@@ -116,6 +103,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     metrics.CPU_CORES.set(settings.cpu_count)
     fetcher = SourceFetcher(settings)
     redis = connect_redis(settings)
+    if redis is not None:
+        await warm_up(redis, timeout=max(1.0, 4 * settings.redis_timeout))
     l2 = build_l2(settings, redis) if redis is not None else None
     options = transform_options(settings)
     saver = saver_mode(options, settings)
@@ -156,6 +145,6 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         flush_logs()
         metrics.BATCHED.flush()
         if redis is not None:
-            await redis.aclose()
+            await close_redis(redis)
         await fetcher.aclose()
         pool.shutdown()

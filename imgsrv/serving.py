@@ -12,6 +12,7 @@ master, before the workers fork (see ``preload_app`` in :mod:`imgsrv.gunicorn_co
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from uvicorn_worker import UvicornWorker
 
 from imgsrv.balance import LoadBoard, set_this_worker
 from imgsrv.config import ENV_PREFIX, Settings, available_cpus, load_settings
+from imgsrv.drain import Drain, process_drain
 from imgsrv.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_redis_server
 
 log = logging.getLogger("imgsrv.serve")
@@ -66,6 +68,51 @@ class ImgsrvUvicornWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worke
         "access_log": False,
         "proxy_headers": False,
     }
+    STARTUP_FAILURE_STATUS: ClassVar[int] = 3  # gunicorn's WORKER_BOOT_ERROR
+
+    async def _serve(self) -> None:
+        # uvicorn_worker's own loop, with a server that drains before it stops.
+        self.config.app = self.wsgi
+        server = DrainingServer(self.config, load_settings().drain_delay)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(self.STARTUP_FAILURE_STATUS)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, which on SIGTERM first drains for ``drain_delay`` seconds.
+
+    Meanwhile it keeps accepting and serving while :mod:`imgsrv.drain` makes readiness fail;
+    then it stops as uvicorn does (listener closed, in-flight requests finished). SIGINT, a
+    second SIGTERM or a zero delay stop at once.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, drain_delay: float, drain: Drain | None = None
+    ) -> None:
+        super().__init__(config)
+        self.drain_delay = drain_delay
+        self.drain = drain or process_drain()
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGTERM or self.drain_delay <= 0 or self._draining:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        # A signal handler runs between two steps of the event loop: hand over to the loop.
+        loop = asyncio.get_running_loop()
+        loop.call_soon_threadsafe(self._start_drain, loop)
+
+    def _start_drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.drain.begin(self.drain_delay)
+        loop.call_later(self.drain_delay, self._end_drain)
+
+    def _end_drain(self) -> None:
+        if not self.should_exit:
+            log.info("drained: closing the listener, finishing requests in flight")
+            self.should_exit = True
 
 
 # --------------------------------------------------------------------------- running
@@ -80,7 +127,7 @@ def run_uvicorn(settings: Settings) -> None:
     """
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, _exit_after_graceful_stop)
-    uvicorn.run(
+    config = uvicorn.Config(
         APP_FACTORY,
         factory=True,
         host=settings.host,
@@ -95,6 +142,10 @@ def run_uvicorn(settings: Settings) -> None:
         timeout_keep_alive=KEEPALIVE_SECONDS,
         timeout_graceful_shutdown=GRACEFUL_TIMEOUT_SECONDS,
     )
+    server = DrainingServer(config, settings.drain_delay)
+    server.run()
+    if not server.started:
+        raise SystemExit(ImgsrvUvicornWorker.STARTUP_FAILURE_STATUS)
 
 
 def _exit_after_graceful_stop(signum: int, frame: FrameType | None) -> None:

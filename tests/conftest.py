@@ -12,6 +12,10 @@ from imgsrv.app import create_app
 from imgsrv.config import Settings, load_settings
 from tests.corpus import IMAGES as CORPUS_IMAGES
 from tests.origin import origin_fixture, origin_server_fixture  # noqa: F401
+from tests.redis_topologies import (  # noqa: F401
+    cluster_deployment_fixture,
+    sentinel_deployment_fixture,
+)
 from tests.servers import RedisProcess
 
 REPO = Path(__file__).resolve().parents[1]

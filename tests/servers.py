@@ -69,7 +69,16 @@ def free_port() -> int:
 class ImgsrvProcess:
     """``imgsrv serve`` as a child process on a free port."""
 
-    def __init__(self, env: Mapping[str, str], args: tuple[str, ...] = (), cwd: Path | None = None):
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        args: tuple[str, ...] = (),
+        cwd: Path | None = None,
+        log: Path | None = None,
+        own_group: bool = False,
+    ):
+        self.log = log  # stderr goes there (else to a pipe, read when the start fails)
+        self.own_group = own_group  # a process group of its own, for kill_group()
         self.port = free_port()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("IMGSRV_")},
@@ -86,17 +95,32 @@ class ImgsrvProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> ImgsrvProcess:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> ImgsrvProcess:
+        """Start the process without waiting for it (see :meth:`wait_ready`)."""
+        stderr = self.log.open("ab") if self.log is not None else None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "imgsrv.cli", "serve", *self.args],
             env=self.env,
             cwd=self.cwd,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=stderr or subprocess.PIPE,
+            start_new_session=self.own_group,
         )
+        if stderr is not None:
+            stderr.close()  # the child has its own copy
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> ImgsrvProcess:
+        """Wait until /readyz answers 200; RuntimeError if the process exits or takes longer."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
+                if self.log is not None:
+                    err = self.log.read_text(errors="replace")
                 raise RuntimeError(f"imgsrv exited with {self.process.returncode}: {err[-2000:]}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
@@ -109,6 +133,12 @@ class ImgsrvProcess:
 
     def stop(self, timeout: float = 20.0) -> int:
         return stop_process(self.process, timeout)
+
+    def kill_group(self) -> None:
+        """SIGKILL every process of the instance at once, like a lost machine."""
+        assert self.process is not None and self.own_group
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def __enter__(self) -> ImgsrvProcess:
         return self.start()

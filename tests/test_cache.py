@@ -151,7 +151,10 @@ def test_redis_killed_mid_load_gives_no_5xx_and_l2_comes_back(
         time.sleep(1.5)
         stop.set()
         worker.join(30)
-        assert down.status_code == 503 and down.json()["redis"] == "down"
+        # still ready: Redis is shared by every instance, so its outage must not take them all
+        # out of a balancer at once
+        assert down.status_code == 200
+        assert down.json()["status"] == "degraded" and down.json()["redis"] == "down"
         assert during > 10
         assert statuses and all(s == 200 for s in statuses), sorted(set(statuses))
         # L2 works again by itself: a new render is stored in the restarted Redis
@@ -178,7 +181,8 @@ def test_redis_that_never_answers_costs_bounded_latency(origin: Origin, tmp_path
             assert r.status_code == 200 and r.headers["x-cache"] == "miss"
         assert time.perf_counter() - started < 20
         assert client.get(image_url(origin, "w:40")).headers["x-cache"] == "l1"
-        assert client.get("/readyz").status_code == 503
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "degraded"
 
 
 def test_l1_flood_stays_under_its_byte_cap(redis_server: RedisProcess, origin: Origin) -> None:

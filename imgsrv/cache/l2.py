@@ -10,7 +10,8 @@ cache misses, never into failed image requests. Keys:
 * ``{prefix}:v1:{S}:lock:{hash}`` the cross-process render lock (``SET NX PX`` with a token).
 
 ``{S}`` is a Redis Cluster hash tag made from the source, so the keys one script touches
-together always share a slot. The scripts only use commands of Redis 6.2.
+together always share a slot, and the variants of one source live on one master while
+different sources spread over all of them. The scripts only use commands of Redis 6.2.
 """
 
 from __future__ import annotations
@@ -24,12 +25,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from imgsrv import metrics
 from imgsrv.cache.breaker import CircuitBreaker
 from imgsrv.cache.entry import CacheEntry, CorruptEntry
+from imgsrv.redis_client import REDIS_ERRORS, RedisClient
 
 log = logging.getLogger("imgsrv.cache")
 
@@ -103,7 +102,7 @@ class L2Cache:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         prefix: str = "imgsrv",
         timeout: float = 0.25,
         breaker: CircuitBreaker | None = None,
@@ -142,7 +141,7 @@ class L2Cache:
         try:
             async with asyncio.timeout(self.timeout):
                 result = await call()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             self.breaker.failure()
             metrics.L2_ERRORS.labels(op).inc()
             log.warning("redis %s failed: %s", op, type(exc).__name__)

@@ -35,6 +35,8 @@ class JobConfig:
     callback_secret: bytes = b""
     callback_timeout: float = 10.0
     callback_attempts: int = 5
+    accept_replicas: int = 1
+    accept_timeout: float = 0.5
     merge_window: float = 0.05
     max_schedules: int = 100
     registry_heartbeat: float = 5.0
@@ -82,6 +84,8 @@ class JobConfig:
             callback_secret=secret,
             callback_timeout=settings.job_callback_timeout,
             callback_attempts=settings.job_callback_attempts,
+            accept_replicas=settings.job_accept_replicas,
+            accept_timeout=settings.job_accept_timeout,
             merge_window=settings.job_merge_window,
             max_schedules=settings.job_max_schedules,
             registry_heartbeat=settings.worker_heartbeat,

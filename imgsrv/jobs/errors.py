@@ -5,11 +5,11 @@ from __future__ import annotations
 from imgsrv.errors import (
     Conflict,
     Forbidden,
-    ImgsrvError,
     NamedBadRequest,
     NotFound,
     TooLarge,
     Unauthorized,
+    Unavailable,
 )
 
 
@@ -86,10 +86,8 @@ class RequestTooLarge(TooLarge):
     slug = "request-too-large"
 
 
-class QueueUnavailable(ImgsrvError):
-    """Redis, which holds the queue, is not configured or does not answer."""
+class QueueUnavailable(Unavailable):
+    """Redis, which holds the queue, is not configured or does not answer (``Retry-After``)."""
 
-    status = 503
     title = "Job queue unavailable"
     slug = "queue-unavailable"
-    retryable = True

@@ -11,6 +11,12 @@ and a worker whose lease was taken over learns it at its next heartbeat and stop
 ``attempts`` counts claims. An attempt whose worker died counts like a failed one, so a job
 that kills its worker every time fails after ``job_max_attempts`` instead of going round
 forever; a job handed back by a worker that is shutting down gets its attempt back.
+
+A new job is acknowledged (202) only once it is durable: when the master holding the queue
+has replicas, the accepting script and a ``WAIT`` for ``job_accept_replicas`` of them go out
+together (:class:`imgsrv.redis_client.ReplicaWait`, in :meth:`JobQueue.accept`), so a failover
+right after the 202 cannot lose the job. Replicas that do not confirm within
+``job_accept_timeout`` make it a 503.
 """
 
 from __future__ import annotations
@@ -25,10 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
+from imgsrv import metrics
 from imgsrv.jobs import scripts
 from imgsrv.jobs.config import JobConfig
 from imgsrv.jobs.errors import InvalidJob, JobConflict, JobNotFound, QueueUnavailable
@@ -41,6 +46,7 @@ from imgsrv.jobs.model import (
     Priority,
     Status,
 )
+from imgsrv.redis_client import REDIS_ERRORS, RedisClient, ReplicaWait
 
 KEY_VERSION = "v1"
 
@@ -79,7 +85,7 @@ def queue_errors() -> Iterator[None]:
     """Redis failures as QueueUnavailable (503 in the API, a pause in workers)."""
     try:
         yield
-    except (RedisError, OSError, TimeoutError) as exc:
+    except REDIS_ERRORS as exc:
         raise QueueUnavailable(f"the job queue's Redis failed: {type(exc).__name__}") from exc
 
 
@@ -105,9 +111,10 @@ def _flat_to_hash(flat: Sequence[bytes]) -> dict[bytes | str, bytes | str]:
 class JobQueue:
     """The queue of one deployment (one ``redis_prefix``) on one Redis."""
 
-    def __init__(self, redis: Redis, config: JobConfig) -> None:
+    def __init__(self, redis: RedisClient, config: JobConfig) -> None:
         self.redis = redis
         self.config = config
+        self._durable = ReplicaWait(redis, config.accept_replicas, config.accept_timeout)
         # The braces are a Redis Cluster hash tag: every queue key lives in one slot.
         self.prefix = f"{{{config.prefix}:jobs}}:{KEY_VERSION}"
 
@@ -195,10 +202,24 @@ class JobQueue:
     async def accept(self, script: AsyncScript, key: str, *args: str | int | bytes) -> Any:
         """Run a script that accepts new jobs (a submission, a schedule firing).
 
-        Every job enters the queue through here, so whatever an accepted job needs before it
-        is acknowledged (a replication wait, say) has one place to go.
+        Every job enters the queue through here, so it is where acceptance waits for the
+        replicas (see the module docstring); QueueUnavailable when they did not confirm.
         """
-        return await self.run(script, key, *args)
+        started = time.perf_counter()
+        with queue_errors():
+            reply, confirmed = await self._durable.run(
+                script, [key], [self.prefix, self.config.retention_ms, *args]
+            )
+        if confirmed is not None:
+            metrics.JOB_ACCEPT_WAIT.observe(time.perf_counter() - started)
+            if confirmed < 1:
+                metrics.JOB_ACCEPT_UNCONFIRMED.inc()
+                raise QueueUnavailable(
+                    "no replica of the job queue's Redis confirmed the job within "
+                    f"{self.config.accept_timeout:g} s; it may have been queued: resubmit "
+                    "with the same idempotency_key to get the same job"
+                )
+        return reply
 
     async def get(self, job_id: str, tenant: str | None = None) -> Job | None:
         """The job, or None if it does not exist (or belongs to another tenant than ``tenant``;

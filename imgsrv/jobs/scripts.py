@@ -22,6 +22,7 @@ Keys (``P`` = the prefix):
 ``P:leases``                    sorted set: running jobs by lease expiry
 ``P:callbacks``                 sorted set: jobs whose callback is due, by due time
 ``P:idem:<tenant>:<digest>``    string: job id of an idempotency key
+``P:replays``                   string: idempotent replays so far (see SUBMIT)
 ``P:tenant:<tenant>:<status>``  sorted set: a tenant's jobs in that status, for listing; scored by
                                 creation time while queued/running, by finish time after
 ``P:all:<status>``              sorted set: the same across tenants (the admin's listing)
@@ -331,8 +332,12 @@ end
 # name ('' = none), request JSON, callback URL, max attempts, idempotency key text,
 # dependencies JSON ('' = none). Returns what ``create_job`` returns.
 SUBMIT = r"""
-return create_job(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8],
-    ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13])
+local reply = create_job(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]),
+    ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13])
+-- A replay writes nothing else: this write makes the WAIT after it (durable acceptance) cover
+-- the job it names too, since replicas apply writes in order.
+if reply[1] and reply[2] == 0 then redis.call('INCR', P .. ':replays') end
+return reply
 """
 
 # KEYS[1] the depth key. ARGV: worker id, lease token, lease ms, weight high, normal, low.

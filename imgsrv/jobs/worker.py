@@ -31,6 +31,7 @@ from typing import TypeVar
 
 from imgsrv import metrics
 from imgsrv.config import ConfigError, Settings
+from imgsrv.drain import Drain
 from imgsrv.embedded_redis import running_embedded_url
 from imgsrv.errors import ImgsrvError, Overloaded
 from imgsrv.jobs.callbacks import CallbackSender
@@ -424,9 +425,12 @@ async def _stop_task(stop: Callable[[], None], task: asyncio.Task[None]) -> None
 
 
 @contextlib.asynccontextmanager
-async def serve_jobs(runtime: Runtime, config: JobConfig) -> AsyncIterator[JobServices | None]:
+async def serve_jobs(
+    runtime: Runtime, config: JobConfig, drain: Drain | None = None
+) -> AsyncIterator[JobServices | None]:
     """The server's job services (None without Redis), its registry record and schedule
-    firing, and with ``job_workers`` > 0 its worker."""
+    firing, and with ``job_workers`` > 0 its worker, which stops claiming as soon as the
+    process starts draining."""
     if runtime.redis is None:
         yield None
         return
@@ -438,9 +442,12 @@ async def serve_jobs(runtime: Runtime, config: JobConfig) -> AsyncIterator[JobSe
     tasks = [asyncio.create_task(duties.run())]
     if worker is not None:
         tasks.append(asyncio.create_task(worker.run()))
+    unsubscribe = drain.on_drain(worker.stop) if drain is not None and worker else None
     try:
         yield services
     finally:
+        if unsubscribe is not None:
+            unsubscribe()
         if worker is not None:
             await stop_worker(worker, tasks[1])
         await _stop_task(duties.stop, tasks[0])

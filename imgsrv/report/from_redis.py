@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from redis import Redis
+from redis import Redis, RedisCluster
 
 from imgsrv.egress import day_field, month_key
 from imgsrv.report.period import Period
@@ -12,7 +12,7 @@ from imgsrv.report.review import Review
 
 
 def review_from_redis(
-    redis: Redis,
+    redis: Redis | RedisCluster,
     prefix: str,
     period: Period,
     budget_bytes: int = 0,
@@ -60,7 +60,7 @@ def review_from_redis(
     return review
 
 
-def _text_hash(redis: Redis, key: str) -> dict[str, str]:
+def _text_hash(redis: Redis | RedisCluster, key: str) -> dict[str, str]:
     raw: dict[bytes | str, bytes | str] = redis.hgetall(key)
     return {_text(k): _text(v) for k, v in raw.items()}
 

@@ -8,16 +8,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from imgsrv.config import Settings
-from imgsrv.errors import Forbidden, ImgsrvError, InvalidSource, Unauthorized
+from imgsrv.errors import Forbidden, InvalidSource, Unauthorized, Unavailable
 from imgsrv.render import Renderer
 from imgsrv.sources import resolve_source
 
 
-class PurgeUnavailable(ImgsrvError):
-    status = 503
+class PurgeUnavailable(Unavailable):
     title = "Purge incomplete"
     slug = "purge-unavailable"
-    retryable = True
 
 
 def bearer_token(request: Request) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from imgsrv.drain import Drain
 from imgsrv.metrics import POOL_ADMITTED, render_metrics
 from imgsrv.render import Renderer
 
@@ -15,16 +16,21 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: started, and Redis reachable when one is configured.
+    """Readiness: 503 only while this process starts or drains.
 
-    Redis trouble never fails image requests (L1 + render keep working), but a load balancer
-    should prefer instances whose shared cache works.
+    A Redis that is down makes the answer 200 ``"degraded"``: images still work (L1 and
+    rendering), and Redis is shared by every instance, so failing readiness for it would take
+    the whole fleet out of the balancer at once. Readiness fails only for what is wrong with
+    this instance.
     """
+    headers = {"Cache-Control": "no-store"}
     renderer: Renderer | None = getattr(request.app.state, "renderer", None)
     if renderer is None:
-        return JSONResponse({"status": "starting"}, 503, headers={"Cache-Control": "no-store"})
+        return JSONResponse({"status": "starting"}, 503, headers=headers)
+    drain: Drain | None = getattr(request.app.state, "drain", None)
+    if drain is not None and drain.draining:
+        return JSONResponse({"status": "draining"}, 503, headers=headers)
     body: dict[str, object] = {"status": "ready"}
-    ok = True
     if renderer.l2 is None:
         body["redis"] = "not configured"
     else:
@@ -33,7 +39,7 @@ async def readyz(request: Request) -> Response:
         body["redis_breaker"] = renderer.l2.breaker.state
         if not ok:
             body["status"] = "degraded"
-    return JSONResponse(body, 200 if ok else 503, headers={"Cache-Control": "no-store"})
+    return JSONResponse(body, 200, headers=headers)
 
 
 async def metrics(request: Request) -> Response:

@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from imgsrv.errors import ImgsrvError, Overloaded
+from imgsrv.errors import ImgsrvError, Unavailable
 
 log = logging.getLogger("imgsrv.errors")
 
@@ -35,7 +35,7 @@ def _cache_control(request: Request) -> str:
 def error_response(exc: ImgsrvError, path: str, cache_control: str) -> Response:
     """The problem+json answer to ``exc`` for a request of ``path``."""
     headers = {}
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Unavailable):
         headers["Retry-After"] = str(exc.retry_after)
     body = exc.problem()
     body["instance"] = path
