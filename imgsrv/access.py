@@ -1,4 +1,4 @@
-"""Per-request access log line and request metrics, as a pure ASGI middleware."""
+"""Per-request access log line and request metrics."""
 
 from __future__ import annotations
 
@@ -51,19 +51,52 @@ class _RequestMetrics:
             )
             self._children[(route, status)] = children
         metrics.BATCHED.add(children[0])
-        children[1].observe(seconds)
+        metrics.BATCHED.observe(children[1], seconds)
 
 
-class AccessLogMiddleware:
-    """Logs one JSON line per HTTP request and records request metrics."""
+class AccessLog:
+    """Writes the access line and records the request metrics of one finished request."""
 
-    def __init__(
-        self, app: ASGIApp, enabled: bool = True, trusted_proxies: tuple[IPNetwork, ...] = ()
-    ) -> None:
-        self.app = app
+    def __init__(self, enabled: bool = True, trusted_proxies: tuple[IPNetwork, ...] = ()) -> None:
         self.enabled = enabled
         self.trusted_proxies = trusted_proxies
         self._metrics = _RequestMetrics()
+
+    def record(self, scope: Scope, status: int, sent: int, cache: str, elapsed: float) -> None:
+        """``status`` answered with ``sent`` body bytes from ``cache`` in ``elapsed`` s."""
+        self._metrics.record(route_name(scope["path"]), status, elapsed)
+        if not self.enabled:
+            return
+        fields = {
+            "method": scope["method"],
+            "path": scope["path"],
+            "query": _loggable_query(scope.get("query_string", b"")),
+            "status": status,
+            "bytes": sent,
+            "ms": round(elapsed * 1000, 2),
+            "cache": cache,
+            "client": self._client(scope),
+        }
+        log_fields(log, "request", fields)
+
+    def _client(self, scope: Scope) -> str | None:
+        peer = scope.get("client")
+        if peer is None:
+            return None
+        if not self.trusted_proxies:
+            return str(peer[0])
+        forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        address = request_address(peer[0], forwarded, self.trusted_proxies)
+        return str(address) if address is not None else str(peer[0])
+
+
+class AccessLogMiddleware:
+    """Logs every HTTP request through ``access`` (image requests log themselves, as they do
+    not pass through the middleware stack: see :class:`imgsrv.app.ImgsrvApp`)."""
+
+    def __init__(self, app: ASGIApp, access: AccessLog) -> None:
+        self.app = app
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,27 +121,4 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            elapsed = time.perf_counter() - started
-            self._metrics.record(route_name(scope["path"]), status, elapsed)
-            if self.enabled:
-                fields = {
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "query": _loggable_query(scope.get("query_string", b"")),
-                    "status": status,
-                    "bytes": sent,
-                    "ms": round(elapsed * 1000, 2),
-                    "cache": cache,
-                    "client": self._client(scope),
-                }
-                log_fields(log, "request", fields)
-
-    def _client(self, scope: Scope) -> str | None:
-        peer = scope.get("client")
-        if peer is None:
-            return None
-        if not self.trusted_proxies:
-            return str(peer[0])
-        forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
-        address = request_address(peer[0], forwarded, self.trusted_proxies)
-        return str(address) if address is not None else str(peer[0])
+            self.access.record(scope, status, sent, cache, time.perf_counter() - started)

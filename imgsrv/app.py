@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
 from imgsrv import metrics
-from imgsrv.access import AccessLogMiddleware
+from imgsrv.access import AccessLog, AccessLogMiddleware
 from imgsrv.config import Settings, load_settings
 from imgsrv.drain import Drain, process_drain
 from imgsrv.errors import ImgsrvError
@@ -27,6 +28,7 @@ from imgsrv.jobs.worker import serve_jobs
 from imgsrv.lifecycle import InstanceLog, on_stop_signal
 from imgsrv.logs import configure_logging
 from imgsrv.routes import cache, dashboard, images, jobs, ops, problems
+from imgsrv.routes.images import image_endpoint
 from imgsrv.runtime import open_runtime
 from imgsrv.traffic import TrafficSampler
 from imgsrv.urls import UrlParser
@@ -47,6 +49,30 @@ class ImageCatchAll(Route):
 
 
 NOT_IMAGES = ("/v1/", "/dashboard")
+
+
+class ImgsrvApp(Starlette):
+    """The starlette app, with image URLs answered before its middleware and router.
+
+    Starlette wraps every request in its error middleware, the access-log middleware and the
+    router before an endpoint runs; for an image URL, the server's hot path, that costs as
+    much as answering a memory-cache hit. Image URLs therefore go straight to the image
+    endpoint, which logs and counts them itself and answers every error as problem+json.
+    """
+
+    def __init__(
+        self, image_requests: images.ImageRequests, access: AccessLog, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.image_requests = image_requests
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.image_requests.handles(scope):
+            scope["app"] = self
+            await image_endpoint.serve(scope, receive, send, self.access)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, drain: Drain | None = None) -> Starlette:
@@ -105,17 +131,13 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
         Route("/info/{rest:path}", images.info_from_path, methods=["GET"]),
         ImageCatchAll("/{rest:path}", images.image_endpoint, methods=["GET"]),
     ]
-    app = Starlette(
+    access = AccessLog(settings.access_log, settings.trusted_proxy_networks)
+    app = ImgsrvApp(
+        images.ImageRequests([route.path for route in routes]),
+        access,
         routes=routes,
         lifespan=lifespan,
-        middleware=[
-            Middleware(
-                AccessLogMiddleware,
-                enabled=settings.access_log,
-                trusted_proxies=settings.trusted_proxy_networks,
-            ),
-            Middleware(images.ImageRequests, routed_paths=[route.path for route in routes]),
-        ],
+        middleware=[Middleware(AccessLogMiddleware, access=access)],
         exception_handlers={
             ApiKeyRequired: jobs.api_key_required,
             AdminKeyRequired: jobs.api_key_required,

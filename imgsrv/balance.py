@@ -31,6 +31,9 @@ _COUNT_OFFSET = 8
 EXCESS = 1
 # ...and at most once in this many seconds.
 CLOSE_INTERVAL = 0.25
+# The board is read at most once in this many seconds: reading every slot on every response
+# cost as much as the rest of a memory-cache hit.
+CHECK_INTERVAL = 0.01
 
 
 class LoadBoard:
@@ -83,6 +86,7 @@ class WorkerLoad:
         self.closed = 0
         self._clock = clock
         self._last_close = float("-inf")
+        self._next_check = float("-inf")
 
     def started(self) -> None:
         self.in_flight += 1
@@ -97,8 +101,9 @@ class WorkerLoad:
         if self.in_flight < EXCESS + 1:
             return False
         now = self._clock()
-        if now - self._last_close < CLOSE_INTERVAL:
+        if now - self._last_close < CLOSE_INTERVAL or now < self._next_check:
             return False
+        self._next_check = now + CHECK_INTERVAL
         if self.in_flight < self.board.mean_load() + EXCESS:
             return False
         self._last_close = now

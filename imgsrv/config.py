@@ -63,6 +63,7 @@ class Settings:
     # --- output
     jpeg_quality: int = 80
     webp_quality: int = 80
+    webp_effort: int = 4
     avif_quality: int = 60
     avif_effort: int = 2
     png_compression: int = 6
@@ -337,6 +338,8 @@ def _check(s: Settings) -> None:
         s.trusted_proxy_networks  # noqa: B018
     except ValueError as exc:
         raise ConfigError(f"trusted_proxies: {exc}") from None
+    if not 0 <= s.webp_effort <= 6:
+        raise ConfigError("webp_effort must be within 0..6")
     for name in ("jpeg_quality", "webp_quality", "avif_quality"):
         if not 1 <= getattr(s, name) <= 100:
             raise ConfigError(f"{name} must be within 1..100")

@@ -7,6 +7,7 @@ Under gunicorn the server runs several processes; ``PROMETHEUS_MULTIPROC_DIR`` (
 
 from __future__ import annotations
 
+import bisect
 import os
 from typing import Any
 
@@ -70,25 +71,64 @@ CPU_CORES = Gauge(
 
 
 class BatchedCounts:
-    """Counter increments kept in plain integers and added to the counters in batches.
+    """Counter increments and histogram observations kept in plain numbers and added to the
+    metrics in batches.
 
     In multiprocess mode every increment writes a memory-mapped file (a lock, a pid check, a
-    struct pack); per cache hit that was as much as the rest of the bookkeeping. Counts reach
-    the counters when :meth:`flush` runs: twice a second from the runtime, before every scrape
-    and at shutdown.
+    struct pack), and a histogram observation writes two; per cache hit that was as much as
+    the rest of the bookkeeping. Counts reach the metrics when :meth:`flush` runs: twice a
+    second from the runtime, before every scrape and at shutdown.
     """
 
     def __init__(self) -> None:
         self._pending: dict[Any, int] = {}
+        self._observed: dict[Any, _Observations] = {}
 
     def add(self, child: Any, amount: int = 1) -> None:
         """Count ``amount`` for ``child`` (a labelled counter, or a counter without labels)."""
         self._pending[child] = self._pending.get(child, 0) + amount
 
+    def observe(self, child: Any, amount: float) -> None:
+        """Observe ``amount`` on ``child`` (a labelled histogram, or one without labels)."""
+        pending = self._observed.get(child)
+        if pending is None:
+            pending = self._observed[child] = _Observations(child)
+        pending.add(amount)
+
     def flush(self) -> None:
         pending, self._pending = self._pending, {}
         for child, count in pending.items():
             child.inc(count)
+        observed, self._observed = self._observed, {}
+        for observations in observed.values():
+            observations.write()
+
+
+class _Observations:
+    """A histogram child's observations since the last flush: their sum and bucket counts.
+
+    Written through the child's own bucket and sum values, which is what ``observe`` does
+    one observation at a time.
+    """
+
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.bounds: list[float] = list(child._upper_bounds)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def add(self, amount: float) -> None:
+        self.total += amount
+        # The first bucket whose upper bound is not below the amount (the last is +Inf).
+        self.counts[bisect.bisect_left(self.bounds, amount)] += 1
+
+    def write(self) -> None:
+        self.child._sum.inc(self.total)
+        for bucket, count in zip(self.child._buckets, self.counts, strict=True):
+            if count:
+                bucket.inc(count)
 
 
 BATCHED = BatchedCounts()

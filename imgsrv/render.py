@@ -134,6 +134,24 @@ class Renderer:
         self._l1_hits = metrics.CACHE_EVENTS.labels("l1", "hit")
         self._l1_misses = metrics.CACHE_EVENTS.labels("l1", "miss")
 
+    def cached(
+        self, spec: TransformSpec, accepted: frozenset[str] = frozenset()
+    ) -> RenderResult | None:
+        """The image for ``spec`` from this process's memory (L1), or None (a miss, counted).
+
+        Synchronous, so that a memory hit costs no await: a request tries this first and
+        calls :meth:`render` (with ``memory_checked``) only when it misses.
+        """
+        if self.l1 is None:
+            return None
+        started = time.perf_counter()
+        entry = self.l1.get(cache_key(spec, accepted if spec.format == "auto" else frozenset()))
+        if entry is None:
+            metrics.BATCHED.add(self._l1_misses)
+            return None
+        metrics.BATCHED.add(self._l1_hits)
+        return RenderResult(entry, "l1", {"cache": _ms_since(started)})
+
     async def render(
         self,
         spec: TransformSpec,
@@ -141,6 +159,7 @@ class Renderer:
         *,
         background: bool = False,
         client: Callable[[], str] | None = None,
+        memory_checked: bool = False,
     ) -> RenderResult:
         """The image for ``spec``; ``accepted`` (from Accept) only matters for ``f:auto``.
 
@@ -148,18 +167,15 @@ class Renderer:
         the pool; it is only called when the request needs a place there. ``background``
         renders (jobs pre-rendering variants for later) bypass L1, so they do not push hot
         images out of memory, leave part of the pool's queue to requests and take their
-        turns as one client of their own.
+        turns as one client of their own. ``memory_checked``: :meth:`cached` already missed.
         """
         if spec.format != "auto":
             accepted = frozenset()
         key = cache_key(spec, accepted)
-        if self.l1 is not None and not background:
-            started = time.perf_counter()
-            entry = self.l1.get(key)
-            if entry is not None:
-                metrics.BATCHED.add(self._l1_hits)
-                return RenderResult(entry, "l1", {"cache": _ms_since(started)})
-            metrics.BATCHED.add(self._l1_misses)
+        if not background and not memory_checked:
+            hit = self.cached(spec, accepted)
+            if hit is not None:
+                return hit
         flight_key = key + "|background" if background else key
         if background or flight_key in self._flight:
             # Background work takes its place only once it must transform; a request that

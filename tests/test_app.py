@@ -158,9 +158,7 @@ def test_unmatched_methods_are_problems_too(client: TestClient) -> None:
 def test_image_requests_leave_other_routes_to_the_router(client: TestClient) -> None:
     from imgsrv.routes.images import ImageRequests
 
-    router = ImageRequests(
-        lambda *_: None, ["/healthz", "/v1/jobs", "/v1/jobs/{job_id}", "/img", "/{rest:path}"]
-    )
+    router = ImageRequests(["/healthz", "/v1/jobs", "/v1/jobs/{job_id}", "/img", "/{rest:path}"])
 
     def handled(method: str, path: str) -> bool:
         return router.handles({"type": "http", "method": method, "path": path})

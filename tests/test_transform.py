@@ -1050,3 +1050,11 @@ def test_spec_is_not_modified() -> None:
     copy = replace(original)
     transform(halves(), original, NONE, OPTIONS)
     assert original == copy
+
+
+def test_webp_effort_reaches_the_encoder() -> None:
+    data = corpus("orientation/Landscape_1.jpg")
+    fast = transform(data, spec(width=400, format="webp"), NONE, replace(OPTIONS, webp_effort=0))
+    small = transform(data, spec(width=400, format="webp"), NONE, replace(OPTIONS, webp_effort=6))
+    assert (fast.width, fast.height) == (small.width, small.height) == (400, 267)
+    assert len(fast.data) > len(small.data)  # effort 0 writes bigger files

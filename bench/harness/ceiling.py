@@ -55,6 +55,7 @@ class Encoders:
 
     jpeg_quality: int
     webp_quality: int
+    webp_effort: int
     avif_quality: int
     avif_effort: int
     png_compression: int
@@ -96,6 +97,7 @@ def encoders() -> Encoders:
     return Encoders(
         jpeg_quality=settings.jpeg_quality,
         webp_quality=settings.webp_quality,
+        webp_effort=settings.webp_effort,
         avif_quality=settings.avif_quality,
         avif_effort=settings.avif_effort,
         png_compression=settings.png_compression,
@@ -161,7 +163,7 @@ def vips_transform(job: VipsJob) -> bytes:
        ``gravity`` crop if rounding left a pixel over;
     4. ``copy()`` and ``page-height`` set to the frame height (stills are one page);
     5. the saver with imgsrv's defaults, metadata stripped: ``jpegsave_buffer(Q,
-       interlace=False, optimize_coding=True)``, ``webpsave_buffer(Q)``,
+       interlace=False, optimize_coding=True)``, ``webpsave_buffer(Q, effort)``,
        ``heifsave_buffer(Q, compression="av1", effort, bitdepth=8)`` or
        ``pngsave_buffer(compression, interlace=False)``.
     """
@@ -211,7 +213,9 @@ def _save(image: Any, fmt: str, settings: Encoders) -> bytes:
             Q=settings.jpeg_quality, interlace=False, optimize_coding=True, keep="none"
         )
     elif fmt == "webp":
-        saved = image.webpsave_buffer(Q=settings.webp_quality, keep="none")
+        saved = image.webpsave_buffer(
+            Q=settings.webp_quality, effort=settings.webp_effort, keep="none"
+        )
     elif fmt == "avif":
         saved = image.heifsave_buffer(
             Q=settings.avif_quality, compression="av1", effort=settings.avif_effort,

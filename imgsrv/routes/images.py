@@ -1,16 +1,19 @@
 """Image and info endpoints for the path form and the ``/img`` query form.
 
-Image URLs are answered by :class:`ImageEndpoint`, a pure-ASGI endpoint that
-:class:`ImageRequests` puts in front of the starlette router. An image request is the server's
-hot path, and a memory-cache hit should cost little more than writing its bytes; through the
-router it would first be matched against every other route, then wrapped in Request and
-Response objects. The few non-image paths (operations, the job API, ``/info``) go on to the
-router.
+Image URLs are answered by :class:`ImageEndpoint`, a pure-ASGI endpoint that the app
+(:class:`imgsrv.app.ImgsrvApp`) calls before its middleware and router for every request
+that :class:`ImageRequests` recognises. An image request is the server's hot path, and a
+memory-cache hit should cost little more than writing its bytes; through the middleware and
+the router it would first be matched against every other route, then wrapped in Request and
+Response objects. The few non-image paths (operations, the job API, ``/info``, the
+dashboard) go on to the router.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -18,19 +21,22 @@ import orjson
 from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from imgsrv.access import AccessLog
 from imgsrv.balance import WorkerLoad, this_worker
 from imgsrv.clients import client_address, client_key
 from imgsrv.config import Settings
 from imgsrv.egress import ANONYMOUS, EgressMeter
-from imgsrv.errors import ImgsrvError, Overloaded
+from imgsrv.errors import ImgsrvError, Overloaded, Unavailable
 from imgsrv.jobs.auth import ApiKeys, authorization_tenant
 from imgsrv.negotiation import accepted_formats
 from imgsrv.render import Renderer, RenderResult
 from imgsrv.routes.problems import PROBLEM_TYPE
 from imgsrv.sources.addresses import IPNetwork
 from imgsrv.urls import ParsedUrl, UrlParser
+
+log = logging.getLogger("imgsrv.errors")
 
 QUERY_FORM_PATH = "/img"
 IMAGE_METHODS = frozenset({"GET", "HEAD"})
@@ -39,7 +45,7 @@ IMAGE_METHODS = frozenset({"GET", "HEAD"})
 MAX_HELD_REFUSALS = 1000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ImageResponse:
     """An image response with its header list built directly (no header objects)."""
 
@@ -48,6 +54,7 @@ class ImageResponse:
     body: bytes = b""
     result: RenderResult | None = None  # the image a 200 sends, for the egress count
     tenant: str | None = None  # the API key's tenant, if the request presented a valid one
+    cache: str = ""  # the tier that answered, for the access log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
@@ -55,42 +62,56 @@ class ImageResponse:
 
 
 class ImageEndpoint:
-    """The ASGI endpoint of image URLs: problem+json for every error the request can cause."""
+    """The ASGI endpoint of image URLs: problem+json for every error the request can cause.
+
+    The app calls :meth:`serve` for image URLs before any middleware, with its access log;
+    through the router (``__call__``) the access-log middleware has already wrapped it.
+    """
 
     def __init__(self) -> None:
         self.held_refusals = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        load = this_worker()
-        if load is None:
-            await self._answer(scope, receive, send)
-            return
-        load.started()
-        try:
-            await self._answer(scope, receive, send, load)
-        finally:
-            load.finished()
+        await self.serve(scope, receive, send)
 
-    async def _answer(
-        self, scope: Scope, receive: Receive, send: Send, load: WorkerLoad | None = None
+    async def serve(
+        self, scope: Scope, receive: Receive, send: Send, access: AccessLog | None = None
     ) -> None:
+        """Answer an image request; with ``access``, also log it and count it."""
+        started = time.perf_counter()
+        load = this_worker()
+        if load is not None:
+            load.started()
+        try:
+            response = await self._answer(scope, load)
+            await response(scope, receive, send)
+        finally:
+            if load is not None:
+                load.finished()
+        if access is not None:
+            elapsed = time.perf_counter() - started
+            access.record(scope, response.status, len(response.body), response.cache, elapsed)
+
+    async def _answer(self, scope: Scope, load: WorkerLoad | None) -> ImageResponse:
         state: State = scope["app"].state
         settings: Settings = state.settings
-        response: ImageResponse
         try:
             response = await image_response(scope, state)
         except ImgsrvError as exc:
             if isinstance(exc, Overloaded):
                 await self._hold(settings.refusal_delay)
-            response = problem(exc, scope["path"], settings.error_cache_control)
-        else:
-            if response.result is not None and scope["method"] == "GET":
-                _count_egress(state, response.result, response.tenant)
-            if load is not None and load.should_close():
-                # This worker holds more than its share of the requests: let the client
-                # reconnect, most likely to a less busy worker (see imgsrv.balance).
-                response.headers.append((b"connection", b"close"))
-        await response(scope, receive, send)
+            return problem(exc, scope["path"], settings.error_cache_control)
+        except Exception as exc:
+            log.error("unhandled error", exc_info=exc, extra={"path": scope["path"]})
+            failed = ImgsrvError("the server failed unexpectedly; the error was logged")
+            return problem(failed, scope["path"], settings.error_cache_control)
+        if response.result is not None and scope["method"] == "GET":
+            _count_egress(state, response.result, response.tenant)
+        if load is not None and load.should_close():
+            # This worker holds more than its share of the requests: let the client
+            # reconnect, most likely to a less busy worker (see imgsrv.balance).
+            response.headers.append((b"connection", b"close"))
+        return response
 
     async def _hold(self, delay: float) -> None:
         """Hold a refusal back for ``delay`` seconds (no CPU meanwhile): a client that asks
@@ -118,7 +139,7 @@ def problem(exc: ImgsrvError, path: str, cache_control: str) -> ImageResponse:
         (b"content-length", b"%d" % len(data)),
         (b"cache-control", cache_control.encode()),
     ]
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Unavailable):
         headers.append((b"retry-after", b"%d" % exc.retry_after))
     return ImageResponse(exc.status, headers, data)
 
@@ -133,15 +154,14 @@ def _count_egress(state: State, result: RenderResult, tenant: str | None) -> Non
 
 
 class ImageRequests:
-    """Sends ``GET``/``HEAD`` image URLs straight to :data:`image_endpoint`, the rest to ``app``.
+    """Which requests are image URLs: ``GET``/``HEAD`` on a path no other route owns.
 
     ``routed_paths`` are the paths of the router's other routes (``{param}`` parts allowed): a
     request whose path one of them matches, by any method, goes to the router, which answers it
     exactly as if this class were not there (its catch-all route is the same image endpoint).
     """
 
-    def __init__(self, app: ASGIApp, routed_paths: Iterable[str] = ()) -> None:
-        self.app = app
+    def __init__(self, routed_paths: Iterable[str] = ()) -> None:
         exact: set[str] = set()
         prefixes: list[str] = []
         for path in routed_paths:
@@ -160,12 +180,6 @@ class ImageRequests:
             return False
         path: str = scope["path"]
         return path not in self._exact and not path.startswith(self._prefixes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.handles(scope):
-            await image_endpoint(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
 
 
 @dataclass(slots=True)
@@ -222,14 +236,16 @@ async def image_response(scope: Scope, state: State) -> ImageResponse:
     accepted = (
         accepted_formats(headers.accept.decode("latin-1")) if spec.format == "auto" else frozenset()
     )
-    result = await renderer.render(spec, accepted, client=client)
+    result = renderer.cached(spec, accepted) or await renderer.render(
+        spec, accepted, client=client, memory_checked=True
+    )
     response_headers = _image_headers(result, parsed, settings)
     entry = result.entry
     if headers.if_none_match and _etag_matches(headers.if_none_match.decode("latin-1"), entry.etag):
-        return ImageResponse(304, response_headers, tenant=tenant)
+        return ImageResponse(304, response_headers, tenant=tenant, cache=result.cache)
     response_headers.append((b"content-type", entry.content_type.encode()))
     response_headers.append((b"content-length", b"%d" % len(entry.data)))
-    return ImageResponse(200, response_headers, entry.data, result, tenant)
+    return ImageResponse(200, response_headers, entry.data, result, tenant, result.cache)
 
 
 def _raw_target(scope: Scope) -> tuple[bool, bytes]:

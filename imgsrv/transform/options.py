@@ -23,6 +23,8 @@ class TransformOptions:
     allow_svg: bool = True
     jpeg_quality: int = 80
     webp_quality: int = 80
+    webp_effort: int = 4
+    """libwebp's method, 0 (fastest) .. 6 (smallest); 4 is libwebp's own default."""
     avif_quality: int = 60
     avif_effort: int = 2
     png_compression: int = 6

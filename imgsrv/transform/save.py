@@ -54,7 +54,9 @@ def save_buffer(
             compression=options.png_compression, interlace=spec.progressive, keep=keep
         )
     elif fmt == "webp":
-        saved = image.webpsave_buffer(Q=quality or options.webp_quality, keep=keep)
+        saved = image.webpsave_buffer(
+            Q=quality or options.webp_quality, effort=options.webp_effort, keep=keep
+        )
     elif fmt == "avif":
         saved = image.heifsave_buffer(
             Q=quality or options.avif_quality,
