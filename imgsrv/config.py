@@ -78,7 +78,7 @@ class Settings:
 
     # --- concurrency
     transform_threads: int = 0  # 0 = number of CPUs
-    max_queue: int = 0  # transforms waiting for a thread before 503; 0 = 64 per thread
+    max_queue: int = 0  # transforms waiting for a thread before 503; 0 = 32 per thread
     max_queue_wait: float = 10.0  # 503 when a new transform would wait longer (seconds)
     retry_after: int = 1
     refusal_delay: float = 1.0  # seconds a 503 refusal is held before it is sent
@@ -167,7 +167,7 @@ class Settings:
 
     @property
     def queue_limit(self) -> int:
-        return self.max_queue or 64 * self.thread_count
+        return self.max_queue or 32 * self.thread_count
 
     @property
     def worker_count(self) -> int:
