@@ -146,7 +146,7 @@ def render_metrics() -> tuple[bytes, str]:
 
 CACHE_EVENTS = Counter(
     "imgsrv_cache_events_total",
-    "Cache lookups and evictions per tier (tier=l1|l2|source, event=hit|miss|eviction|store)",
+    "Cache events per tier (tier=l1|l2|source, event=hit|miss|eviction|expiry|store)",
     ["tier", "event"],
 )
 L1_BYTES = Gauge(

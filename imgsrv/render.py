@@ -339,8 +339,15 @@ class Renderer:
         self.pool.check_capacity(client)
 
     def expire_memory(self) -> int:
-        """Drop recent downloads past their time; returns how many were dropped."""
-        return self.recent.expire()
+        """Drop recent downloads and L1 entries past their time; returns how many."""
+        dropped = self.recent.expire()
+        if self.l1 is not None:
+            expired = self.l1.expire()
+            if expired:
+                metrics.CACHE_EVENTS.labels("l1", "expiry").inc(expired)
+                metrics.L1_BYTES.set(self.l1.bytes_in_use)
+            dropped += expired
+        return dropped
 
     async def _admit_and_fetch(
         self, source: str, reserve: int, admission: Admission | None = None

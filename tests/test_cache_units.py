@@ -53,6 +53,34 @@ def test_l1_hit_miss_and_ttl_capped_at_five_minutes() -> None:
     assert cache.bytes_in_use == 0 and len(cache) == 0
 
 
+def test_l1_entries_past_their_ttl_leave_without_being_asked_for() -> None:
+    clock = Clock()
+    cache = L1Cache(10_000_000, ttl=60, clock=clock)
+    for i in range(100):
+        cache.put(f"old{i}", entry(100), "a")
+    clock.now += 30
+    cache.put("young", entry(100), "b")
+    cache.put("old0", entry(100), "a")  # stored again: it lives from now on
+    assert cache.expire() == 0
+    clock.now += 31
+    assert cache.expire() == 99
+    assert len(cache) == 2 and cache.get("young") is not None and cache.get("old0") is not None
+    assert cache.bytes_in_use == 2 * (100 + ITEM_OVERHEAD)
+    cache.drop_source("a")
+    clock.now += 60
+    assert cache.expire() == 1 and len(cache) == 0 and cache.bytes_in_use == 0
+
+
+def test_l1_expiry_records_stay_bounded_under_evictions() -> None:
+    clock = Clock()
+    cache = L1Cache(10 * (1000 + ITEM_OVERHEAD), max_item_bytes=10_000, clock=clock)
+    for i in range(5000):  # each evicts an older one; their records are not due yet
+        cache.put(f"k{i}", entry(1000), "s")
+        cache.expire()
+    assert len(cache) <= 10
+    assert len(cache._expiries) <= 2 * len(cache) + 1024
+
+
 def test_l1_byte_total_never_exceeds_the_cap_and_evicts_least_frequent() -> None:
     cache = L1Cache(10 * (1000 + ITEM_OVERHEAD), max_item_bytes=10_000)
     cache.put("hot", entry(1000), "s")

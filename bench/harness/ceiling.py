@@ -32,6 +32,8 @@ from typing import Any
 
 import pyvips
 
+from imgsrv.transform.resize import scale_frame
+
 WIDTH = 300
 
 
@@ -113,7 +115,7 @@ def prepare(job: Job, settings: Encoders | None = None) -> VipsJob:
     """
     from imgsrv.negotiation import accepted_formats
     from imgsrv.transform.header import read_header
-    from imgsrv.transform.load import jpeg_shrink
+    from imgsrv.transform.load import THUMBNAIL_FORMATS, shrink_on_load
     from imgsrv.transform.negotiate_format import choose_output_format
     from imgsrv.transform.resize import make_plan
 
@@ -123,19 +125,13 @@ def prepare(job: Job, settings: Encoders | None = None) -> VipsJob:
     header = read_header(data, options)
     plan = make_plan(header.width, header.height, 1, spec, options)
     accepted = accepted_formats(job.accept) if job.format == "auto" else frozenset()
-    factor = min(header.width / plan.width, header.height / plan.height)
-    load: dict[str, Any] = {}
-    if header.format == "jpeg" and factor >= 2:
-        load["shrink"] = jpeg_shrink(factor, options.jpeg_shrink_headroom)
-    elif header.format == "webp" and factor > 1:
-        load["scale"] = 1 / factor
     return VipsJob(
         data=data,
         width=plan.width,
         height=plan.height,
         format=choose_output_format(spec, header, accepted),
-        load=load,
-        thumbnail=header.format in ("heif", "avif", "svg"),
+        load=shrink_on_load(header, plan, options),
+        thumbnail=header.format in THUMBNAIL_FORMATS,
         orientation=header.orientation,
         to_srgb=header.icc_profile or header.cmyk,
         encoders=settings or encoders(),
@@ -158,7 +154,8 @@ def vips_transform(job: VipsJob) -> bytes:
     2. ``autorot()`` when the EXIF orientation is not 1; ``icc_transform("srgb",
        embedded=True, ...)`` when the source has an ICC profile or is CMYK (8-bit sRGB
        sources, every benchmark source, need no other colour call);
-    3. ``resize(h, vscale=v)`` (Lanczos 3) to exactly the planned size, alpha premultiplied
+    3. ``resize(h, vscale=v)`` (Lanczos 3; imgsrv's own ``scale_frame`` is called, so the two
+       cannot differ) to exactly the planned size, alpha premultiplied
        around it in 8 bits (``premultiply().cast()`` ... ``unpremultiply().cast()``), and a
        ``gravity`` crop if rounding left a pixel over;
     4. ``copy()`` and ``page-height`` set to the frame height (stills are one page);
@@ -169,7 +166,7 @@ def vips_transform(job: VipsJob) -> bytes:
     """
     image = _decode(job)
     if (int(image.width), int(image.height)) != (job.width, job.height):
-        image = _scale(image, job.width, job.height)
+        image = scale_frame(image, job.width, job.height)
     image = image.copy()
     image.set_type(pyvips.GValue.gint_type, "page-height", int(image.height))
     return _save(image, job.format, job.encoders)
@@ -192,18 +189,6 @@ def _decode(job: VipsJob) -> Any:
             "srgb", embedded=True, input_profile="srgb", intent="perceptual", depth=8
         )
     return image
-
-
-def _scale(image: Any, width: int, height: int) -> Any:
-    hscale, vscale = width / int(image.width), height / int(image.height)
-    if image.hasalpha():
-        premultiplied = image.premultiply().cast(image.format)
-        scaled = premultiplied.resize(hscale, vscale=vscale).unpremultiply().cast(image.format)
-    else:
-        scaled = image.resize(hscale, vscale=vscale)
-    if (int(scaled.width), int(scaled.height)) != (width, height):
-        scaled = scaled.gravity("centre", width, height, extend="copy")
-    return scaled
 
 
 def _save(image: Any, fmt: str, settings: Encoders) -> bytes:

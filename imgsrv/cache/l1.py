@@ -2,12 +2,15 @@
 
 LFU eviction weighted by bytes (cachetools), plus a TTL of at most five minutes so that a purge
 or a changed source is never served from memory for long. A hit costs a dict lookup: no
-libvips, no Redis.
+libvips, no Redis. Expired entries are dropped when looked up and by :meth:`L1Cache.expire`,
+which the runtime calls on a timer: under a stream of URLs that are never asked for again the
+cache would otherwise fill its whole byte budget (half the container's memory) with them.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +68,10 @@ class L1Cache:
         self._clock = clock
         self._cache = _EvictingLFU(max(1, max_bytes), self._evicted)
         self._by_source: dict[str, set[str]] = {}
+        # Keys in the order they were stored, with their expiry: the TTL is the same for all,
+        # so the oldest expire first. A key stored again appears twice; its older record is
+        # skipped because it no longer matches the item's expiry.
+        self._expiries: deque[tuple[float, str]] = deque()
 
     @property
     def bytes_in_use(self) -> int:
@@ -87,9 +94,30 @@ class L1Cache:
         if len(entry.data) + ITEM_OVERHEAD > self.max_item_bytes:
             return False
         self._remove(key)
-        self._cache[key] = _Item(entry, self._clock() + self.ttl, source)
+        expires = self._clock() + self.ttl
+        self._cache[key] = _Item(entry, expires, source)
         self._by_source.setdefault(source, set()).add(key)
+        self._expiries.append((expires, key))
         return True
+
+    def expire(self) -> int:
+        """Drop every entry past its TTL; returns how many were dropped."""
+        now = self._clock()
+        dropped = 0
+        while self._expiries and self._expiries[0][0] <= now:
+            expires, key = self._expiries.popleft()
+            item = self._cache.get(key)
+            if item is not None and item.expires == expires:
+                self._remove(key)
+                dropped += 1
+        # Records of entries that left by eviction or purge are only skipped when they come
+        # due; keep their number bounded by the entries there are.
+        if len(self._expiries) > 2 * len(self._cache) + 1024:
+            live = {key: item.expires for key, item in self._cache.items()}
+            self._expiries = deque(
+                (expires, key) for expires, key in self._expiries if live.get(key) == expires
+            )
+        return dropped
 
     def drop_source(self, source: str) -> int:
         """Forget every variant of ``source``; returns how many were dropped."""
@@ -101,6 +129,7 @@ class L1Cache:
     def clear(self) -> None:
         self._cache.clear()
         self._by_source.clear()
+        self._expiries.clear()
 
     def _remove(self, key: str) -> None:
         item = self._cache.pop(key, None)

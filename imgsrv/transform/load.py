@@ -41,7 +41,7 @@ JPEG_SCALES: Final = (8, 4, 2)
 
 # Formats whose best shrink-on-load libvips' thumbnail knows and we leave to it: an embedded
 # HEIF thumbnail when it is big enough, SVG rendered straight at the target scale.
-_THUMBNAIL_FORMATS: Final = frozenset({"heif", "avif", "svg"})
+THUMBNAIL_FORMATS: Final = frozenset({"heif", "avif", "svg"})
 
 
 def can_shrink_on_load(spec: TransformSpec) -> bool:
@@ -64,6 +64,19 @@ def jpeg_shrink(factor: float, headroom: bool = False) -> int:
     return next((scale for scale in JPEG_SCALES if needed >= scale), 1)
 
 
+def shrink_on_load(
+    header: SourceHeader, plan: ResizePlan, options: TransformOptions
+) -> dict[str, Any]:
+    """The loader options that decode the source part of the way to ``plan``'s size:
+    ``shrink`` for JPEG (a DCT scale), ``scale`` for WebP (straight to the size), none else."""
+    factor = min(header.width / plan.width, header.height / plan.height)
+    if header.format == "jpeg" and factor >= 2:
+        return {"shrink": jpeg_shrink(factor, options.jpeg_shrink_headroom)}
+    if header.format == "webp" and factor > 1:
+        return {"scale": 1 / factor}
+    return {}
+
+
 def decode(
     data: bytes,
     header: SourceHeader,
@@ -78,15 +91,9 @@ def decode(
         image = _load(data, animated)
         return _state(image, header, output_format, animated)
     plan = make_plan(header.width, header.height, frames, spec, options)
-    if header.format in _THUMBNAIL_FORMATS:
+    if header.format in THUMBNAIL_FORMATS:
         return _thumbnail(data, header, output_format, animated, plan)
-    factor = min(header.width / plan.width, header.height / plan.height)
-    load: dict[str, Any] = {}
-    if header.format == "jpeg" and factor >= 2:
-        load["shrink"] = jpeg_shrink(factor, options.jpeg_shrink_headroom)
-    elif header.format == "webp" and factor > 1:
-        load["scale"] = 1 / factor
-    image = _load(data, animated, **load)
+    image = _load(data, animated, **shrink_on_load(header, plan, options))
     state = _state(image, header, output_format, animated)
     state.planned = plan
     return state
