@@ -83,6 +83,7 @@ class BatchedCounts:
     def __init__(self) -> None:
         self._pending: dict[Any, int] = {}
         self._observed: dict[Any, _Observations] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def add(self, child: Any, amount: int = 1) -> None:
         """Count ``amount`` for ``child`` (a labelled counter, or a counter without labels)."""
@@ -94,6 +95,21 @@ class BatchedCounts:
         if pending is None:
             pending = self._observed[child] = _Observations(child)
         pending.add(amount)
+
+    def count(self, metric: Any, *labels: str, amount: int = 1) -> None:
+        """Count ``amount`` for the child of ``metric`` with ``labels`` (looked up once)."""
+        self.add(self._child(metric, labels), amount)
+
+    def time(self, metric: Any, seconds: float, *labels: str) -> None:
+        """Observe ``seconds`` on the child of histogram ``metric`` with ``labels``."""
+        self.observe(self._child(metric, labels), seconds)
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels) if labels else metric
+        return child
 
     def flush(self) -> None:
         pending, self._pending = self._pending, {}

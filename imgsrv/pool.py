@@ -15,7 +15,9 @@ Retry-After) when it could not start within ``max_wait`` seconds, judged for its
 the transforms that would start before it (each other client's waiting ones, up to as many
 as this client will have, plus its own) x the recent mean transform time / threads. A
 flooding client is refused while the others are still admitted. ``max_queue`` bounds the
-places of all clients together.
+places of all clients together; past it a client below its fair share of them is still let
+in (up to twice that many places), so one client that fills the queue cannot lock out the
+others.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ class TransformPool:
         # (index k), so that a client's expected wait takes O(its own places), not O(clients).
         self._waiting: dict[str, int] = {}
         self._at_least: list[int] = [0]
+        self._held: dict[str, int] = {}  # places per client, running or not
         # Jobs queued for a thread, per client, and the clients in turn order.
         self._queues: dict[str, deque[_Job]] = {}
         self._turns: deque[str] = deque()
@@ -184,7 +187,7 @@ class TransformPool:
             self._check(client, reserve)
 
     def _check(self, client: str, reserve: int) -> None:
-        full = self._admitted >= self.threads + self.max_queue - reserve
+        full = self._full(client, self.threads + self.max_queue - reserve)
         wait = 0.0
         late = False
         if self.max_wait > 0 and self._samples >= self._warmup:
@@ -196,6 +199,19 @@ class TransformPool:
                 "this client); try again shortly",
                 retry_after=self._retry_after(wait),
             )
+
+    def _full(self, client: str, places: int) -> bool:
+        """Whether ``client`` may take no more places.
+
+        Past ``places`` in all, only a client holding less than its fair share of them (the
+        places over the clients holding any, itself included) still gets one, up to twice the
+        places in all: a client that filled the queue alone does not lock the others out.
+        """
+        if self._admitted < places:
+            return False
+        held = self._held.get(client, 0)
+        holders = len(self._held) + (0 if held else 1)
+        return held >= places / holders or self._admitted >= 2 * places
 
     def _retry_after(self, wait: float) -> int:
         """Seconds a refused client should wait: about what the queue needs to drain below the
@@ -212,6 +228,7 @@ class TransformPool:
         with self._lock:
             self._check(client, reserve)
             self._admitted += 1
+            self._held[client] = self._held.get(client, 0) + 1
             self._add_waiting(client)
         return Admission(self, client)
 
@@ -234,6 +251,11 @@ class TransformPool:
         with self._lock:
             self._admitted -= 1
             self.completed += 1
+            held = self._held[admission.client] - 1
+            if held:
+                self._held[admission.client] = held
+            else:
+                del self._held[admission.client]
             if admission.running:
                 self._running -= 1
             else:  # answered without a transform (L2 hit, error): it never started

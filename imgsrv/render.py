@@ -203,7 +203,7 @@ class Renderer:
                 if not leads:  # another request's render answered this one
                     admission.release()
         if shared:
-            metrics.COALESCED.labels("render").inc()
+            metrics.BATCHED.count(metrics.COALESCED, "render")
         return result
 
     async def _miss_holding(self, miss: _Miss) -> RenderResult:
@@ -240,7 +240,7 @@ class Renderer:
         if found.token is None:
             entry = await self._wait_for_other_render(key, spec, use_l1)
             if entry is not None:
-                metrics.COALESCED.labels("lock").inc()
+                metrics.BATCHED.count(metrics.COALESCED, "lock")
                 return RenderResult(entry, "l2", {"cache": _ms_since(started)})
             return await produce(miss, None)
         try:
@@ -258,7 +258,7 @@ class Renderer:
 
     def _count_l2(self, entry: CacheEntry | None, key: str, source: str, use_l1: bool) -> None:
         """Count an L2 lookup's outcome; a hit also fills L1 (unless background work)."""
-        metrics.CACHE_EVENTS.labels("l2", "miss" if entry is None else "hit").inc()
+        metrics.BATCHED.count(metrics.CACHE_EVENTS, "l2", "miss" if entry is None else "hit")
         if entry is not None and self.l1 is not None and use_l1:
             self._l1_put(key, entry, source)
 
@@ -293,12 +293,12 @@ class Renderer:
             metrics.TRANSFORM_ERRORS.labels(exc.slug).inc()
             raise
         transform_s = time.perf_counter() - started
-        metrics.TRANSFORM_SECONDS.labels(image.format).observe(transform_s)
+        metrics.BATCHED.time(metrics.TRANSFORM_SECONDS, transform_s, image.format)
         entry = to_entry(image)
         if self.l1 is not None and miss.reserve == 0:
             self._l1_put(key, entry, spec.source)
         if self.l2 is not None and await self.l2.put(key, entry, spec.ttl, spec.source, lock_token):
-            metrics.CACHE_EVENTS.labels("l2", "store").inc()
+            metrics.BATCHED.count(metrics.CACHE_EVENTS, "l2", "store")
         timings = {"fetch": fetch_ms, "transform": transform_s * 1000}
         return RenderResult(entry, "miss", timings)
 
@@ -306,10 +306,11 @@ class Renderer:
         assert self.l1 is not None
         evictions = self.l1.evictions
         if self.l1.put(key, entry, source):
-            metrics.CACHE_EVENTS.labels("l1", "store").inc()
+            metrics.BATCHED.count(metrics.CACHE_EVENTS, "l1", "store")
         if self.l1.evictions > evictions:
-            metrics.CACHE_EVENTS.labels("l1", "eviction").inc(self.l1.evictions - evictions)
-        metrics.L1_BYTES.set(self.l1.bytes_in_use)
+            metrics.BATCHED.count(
+                metrics.CACHE_EVENTS, "l1", "eviction", amount=self.l1.evictions - evictions
+            )
 
     def variant_set(self, source: str, specs: Sequence[TransformSpec]) -> VariantSetRender:
         """Background renders of variants of ``source`` that share one download and one decode
@@ -330,8 +331,14 @@ class Renderer:
         """Drop ``source`` from this process's memory (L1 and recent downloads)."""
         if self.l1 is not None:
             self.l1.drop_source(source)
-            metrics.L1_BYTES.set(self.l1.bytes_in_use)
         self.recent.drop(source)
+
+    def sample_gauges(self) -> None:
+        """Set this process's pool and L1 gauges to what they are now (the timer and every
+        scrape call it: setting them on every request would cost a file write each)."""
+        metrics.POOL_ADMITTED.set(self.pool.admitted)
+        if self.l1 is not None:
+            metrics.L1_BYTES.set(self.l1.bytes_in_use)
 
     def check_capacity(self, client: str = "") -> None:
         """Raise Overloaded now if a request of ``client`` that is not in memory would be
@@ -344,8 +351,7 @@ class Renderer:
         if self.l1 is not None:
             expired = self.l1.expire()
             if expired:
-                metrics.CACHE_EVENTS.labels("l1", "expiry").inc(expired)
-                metrics.L1_BYTES.set(self.l1.bytes_in_use)
+                metrics.BATCHED.count(metrics.CACHE_EVENTS, "l1", "expiry", amount=expired)
             dropped += expired
         return dropped
 
@@ -371,17 +377,17 @@ class Renderer:
             metrics.SOURCE_ERRORS.labels(exc.slug).inc()
             raise
         if how == "hit":
-            metrics.CACHE_EVENTS.labels("source", "hit").inc()
+            metrics.BATCHED.count(metrics.CACHE_EVENTS, "source", "hit")
         elif how == "shared":
-            metrics.COALESCED.labels("source").inc()
+            metrics.BATCHED.count(metrics.COALESCED, "source")
         return fetched, _ms_since(started)
 
     async def _download(self, source: str) -> SourceBytes:
         started = time.perf_counter()
         fetched = await self.fetcher.fetch(source)
-        metrics.FETCH_SECONDS.observe(time.perf_counter() - started)
-        metrics.SOURCE_BYTES.inc(len(fetched.data))
-        metrics.CACHE_EVENTS.labels("source", "miss").inc()
+        metrics.BATCHED.time(metrics.FETCH_SECONDS, time.perf_counter() - started)
+        metrics.BATCHED.count(metrics.SOURCE_BYTES, amount=len(fetched.data))
+        metrics.BATCHED.count(metrics.CACHE_EVENTS, "source", "miss")
         return fetched
 
 
@@ -413,7 +419,7 @@ class VariantSetRender:
             key + "|background", lambda: renderer._miss(miss, self._render_and_store)
         )
         if shared:
-            metrics.COALESCED.labels("render").inc()
+            metrics.BATCHED.count(metrics.COALESCED, "render")
         return result
 
     async def _variant_set(self) -> tuple[VariantSet, float]:
@@ -438,7 +444,7 @@ class VariantSetRender:
             metrics.TRANSFORM_ERRORS.labels(exc.slug).inc()
             raise
         transform_s = time.perf_counter() - started
-        metrics.TRANSFORM_SECONDS.labels(image.format).observe(transform_s)
+        metrics.BATCHED.time(metrics.TRANSFORM_SECONDS, transform_s, image.format)
         if variants.decodes > self._decodes_counted:
             metrics.SHARED_DECODES.inc(variants.decodes - self._decodes_counted)
             self._decodes_counted = variants.decodes
@@ -447,7 +453,7 @@ class VariantSetRender:
             key, entry, spec.ttl, spec.source, lock_token
         )
         if stored:
-            metrics.CACHE_EVENTS.labels("l2", "store").inc()
+            metrics.BATCHED.count(metrics.CACHE_EVENTS, "l2", "store")
         return RenderResult(entry, "miss", {"fetch": fetch_ms, "transform": transform_s * 1000})
 
 

@@ -56,15 +56,15 @@ def build_l2(settings: Settings, redis: RedisClient) -> L2Cache:
     )
 
 
-async def flush_periodically(pool: TransformPool, interval: float = 0.5) -> None:
+async def flush_periodically(renderer: Renderer, interval: float = 0.5) -> None:
     """Write batched log lines and counter increments out, even when no new ones arrive, and
-    sample the pool's occupancy and the process's CPU time for the merged metrics."""
+    sample the pool's occupancy, L1's bytes and the process's CPU time for the metrics."""
     cpu = time.process_time()
     while True:
         await asyncio.sleep(interval)
         flush_logs()
+        renderer.sample_gauges()
         metrics.BATCHED.flush()
-        metrics.POOL_ADMITTED.set(pool.admitted)
         now = time.process_time()
         metrics.CPU_SECONDS.inc(now - cpu)
         cpu = now
@@ -123,7 +123,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     )
     egress = EgressMeter(settings, redis, saver)
     runtime = Runtime(settings, pool, fetcher, redis, renderer, egress)
-    runtime.background.append(asyncio.create_task(flush_periodically(pool)))
+    runtime.background.append(asyncio.create_task(flush_periodically(renderer)))
     runtime.background.append(asyncio.create_task(egress.run()))
     if settings.trim_interval > 0:
         runtime.background.append(

@@ -237,7 +237,7 @@ async def test_retry_after_is_spread_out() -> None:
     seen = set()
     for _ in range(200):
         with pytest.raises(Overloaded) as info:
-            pool.check_capacity("x")
+            pool.check_capacity("holder")  # the one place is its own
         seen.add(info.value.retry_after)
     assert min(seen) == 2 and 3 in seen and max(seen) <= 3
     gate.set()
@@ -259,4 +259,27 @@ async def test_a_queued_transform_whose_caller_went_away_never_runs() -> None:
     await holder
     await asyncio.sleep(0.02)
     assert ran == [] and pool.admitted == 0
+    pool.shutdown()
+
+
+async def test_a_client_that_filled_the_queue_does_not_lock_out_the_others() -> None:
+    pool = TransformPool(threads=1, max_queue=3)  # 4 places
+    flood = [pool.admit("a") for _ in range(4)]
+    with pytest.raises(Overloaded):
+        pool.admit("a")  # full, and a holds all of it
+    b = pool.admit("b")  # below its share (4 places / 2 clients)
+    c = pool.admit("c")  # below its share (4 / 3)
+    with pytest.raises(Overloaded):
+        pool.admit("a")
+    more_b = pool.admit("b")  # 1 of 4 / 3
+    with pytest.raises(Overloaded):
+        pool.admit("b")  # 2 of 4 / 3: its share is used
+    assert pool.admitted == 7
+    others = [pool.admit(f"x{i}") for i in range(1)]  # 8 = twice the places: no more at all
+    with pytest.raises(Overloaded):
+        pool.admit("y")
+    for place in [*flood, b, c, more_b, *others]:
+        place.release()
+    assert pool.admitted == 0
+    pool.admit("a").release()
     pool.shutdown()

@@ -112,6 +112,7 @@ class L2Cache:
         self.timeout = timeout
         self.breaker = breaker or CircuitBreaker()
         self.purge_channel = f"{self.prefix}:{PURGE_CHANNEL_SUFFIX}"
+        self._reported_open = False  # what the breaker gauge says now
         self._release = redis.register_script(_RELEASE_LOCK)
         self._lookup = redis.register_script(_LOOKUP)
         self._put = redis.register_script(_PUT)
@@ -147,8 +148,11 @@ class L2Cache:
             log.warning("redis %s failed: %s", op, type(exc).__name__)
             return None
         finally:
-            metrics.L2_SECONDS.labels(op).observe(time.perf_counter() - started)
-            metrics.BREAKER_OPEN.set(1 if self.breaker.state == "open" else 0)
+            metrics.BATCHED.time(metrics.L2_SECONDS, time.perf_counter() - started, op)
+            open_now = self.breaker.state == "open"
+            if open_now != self._reported_open:
+                metrics.BREAKER_OPEN.set(1 if open_now else 0)
+                self._reported_open = open_now
         self.breaker.success()
         return result
 

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from imgsrv.drain import Drain
-from imgsrv.metrics import POOL_ADMITTED, render_metrics
+from imgsrv.metrics import render_metrics
 from imgsrv.render import Renderer
 
 
@@ -45,7 +45,7 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus exposition, merged across worker processes."""
     renderer: Renderer | None = getattr(request.app.state, "renderer", None)
-    if renderer is not None:  # this process's value now; the others' from their last sample
-        POOL_ADMITTED.set(renderer.pool.admitted)
+    if renderer is not None:  # this process's values now; the others' from their last sample
+        renderer.sample_gauges()
     data, content_type = render_metrics()
     return Response(data, media_type=content_type, headers={"Cache-Control": "no-store"})
