@@ -121,9 +121,11 @@ def test_jobs_of_one_source_claimed_together_share_one_download_and_one_decode(
                 submit(api, {"source": source, "variants": [{"w": w, "f": "webp"} for w in ws]})
                 for ws in widths
             ]
+            # The counters are this process's, shared by both apps. Read them before any
+            # worker runs: the workers below claim and merge the jobs as soon as they start.
+            before = api.get("/metrics").text
         merging = job_settings(redis.url, job_workers=4, job_merge_window=0.5, source_cache_ttl=0.0)
         with TestClient(create_app(merging)) as workers:
-            before = workers.get("/metrics").text
             jobs = [wait_status(workers, job_id, auth=AUTH_A) for job_id in ids]
             after = workers.get("/metrics").text
     finally:
