@@ -279,28 +279,44 @@ class Renderer:
 
     async def _render_and_store(self, miss: _Miss, lock_token: str | None = None) -> RenderResult:
         """Fetch, transform and store in L1 and L2 (releasing ``lock_token``'s render lock)."""
-        key, spec, accepted = miss.key, miss.spec, miss.accepted
+        spec, accepted = miss.spec, miss.accepted
         admission, source, fetch_ms = await self._admit_and_fetch(
             spec.source, miss.reserve, miss.admission
         )
         options = self.options if self.saver is None else self.saver.options()
+        return await self._run_and_store(
+            miss, admission, lock_token, fetch_ms, transform, source.data, spec, accepted, options
+        )
+
+    async def _run_and_store(
+        self,
+        miss: _Miss,
+        admission: Admission,
+        lock_token: str | None,
+        fetch_ms: float,
+        fn: Callable[..., Rendered],
+        *args: object,
+    ) -> RenderResult:
+        """Render with ``fn(*args)`` in ``admission``'s pool place and store the image under
+        ``miss``'s key: in L1 for requests (not background work), in L2 releasing
+        ``lock_token``'s render lock."""
         started = time.perf_counter()
         try:
-            image = await self.pool.run_admitted(
-                admission, transform, source.data, spec, accepted, options
-            )
+            image = await self.pool.run_admitted(admission, fn, *args)
         except ImgsrvError as exc:
             metrics.TRANSFORM_ERRORS.labels(exc.slug).inc()
             raise
         transform_s = time.perf_counter() - started
         metrics.BATCHED.time(metrics.TRANSFORM_SECONDS, transform_s, image.format)
         entry = to_entry(image)
+        spec = miss.spec
         if self.l1 is not None and miss.reserve == 0:
-            self._l1_put(key, entry, spec.source)
-        if self.l2 is not None and await self.l2.put(key, entry, spec.ttl, spec.source, lock_token):
+            self._l1_put(miss.key, entry, spec.source)
+        if self.l2 is not None and await self.l2.put(
+            miss.key, entry, spec.ttl, spec.source, lock_token
+        ):
             metrics.BATCHED.count(metrics.CACHE_EVENTS, "l2", "store")
-        timings = {"fetch": fetch_ms, "transform": transform_s * 1000}
-        return RenderResult(entry, "miss", timings)
+        return RenderResult(entry, "miss", {"fetch": fetch_ms, "transform": transform_s * 1000})
 
     def _l1_put(self, key: str, entry: CacheEntry, source: str) -> None:
         assert self.l1 is not None
@@ -434,27 +450,16 @@ class VariantSetRender:
             return self._variants, fetch_ms
 
     async def _render_and_store(self, miss: _Miss, lock_token: str | None) -> RenderResult:
-        renderer, key, spec = self.renderer, miss.key, miss.spec
+        renderer = self.renderer
         variants, fetch_ms = await self._variant_set()
         admission = renderer.pool.admit(BACKGROUND, renderer.tuning.background_reserve)
-        started = time.perf_counter()
-        try:
-            image = await renderer.pool.run_admitted(admission, variants.render, spec)
-        except ImgsrvError as exc:
-            metrics.TRANSFORM_ERRORS.labels(exc.slug).inc()
-            raise
-        transform_s = time.perf_counter() - started
-        metrics.BATCHED.time(metrics.TRANSFORM_SECONDS, transform_s, image.format)
+        result = await renderer._run_and_store(
+            miss, admission, lock_token, fetch_ms, variants.render, miss.spec
+        )
         if variants.decodes > self._decodes_counted:
             metrics.SHARED_DECODES.inc(variants.decodes - self._decodes_counted)
             self._decodes_counted = variants.decodes
-        entry = to_entry(image)
-        stored = renderer.l2 is not None and await renderer.l2.put(
-            key, entry, spec.ttl, spec.source, lock_token
-        )
-        if stored:
-            metrics.BATCHED.count(metrics.CACHE_EVENTS, "l2", "store")
-        return RenderResult(entry, "miss", {"fetch": fetch_ms, "transform": transform_s * 1000})
+        return result
 
 
 def _ms_since(started: float) -> float:
