@@ -158,8 +158,7 @@ def vips_transform(job: VipsJob) -> bytes:
        cannot differ) to exactly the planned size, alpha premultiplied
        around it in 8 bits (``premultiply().cast()`` ... ``unpremultiply().cast()``), and a
        ``gravity`` crop if rounding left a pixel over;
-    4. ``copy()`` and ``page-height`` set to the frame height (stills are one page);
-    5. the saver with imgsrv's defaults, metadata stripped: ``jpegsave_buffer(Q,
+    4. the saver with imgsrv's defaults, metadata stripped: ``jpegsave_buffer(Q,
        interlace=False, optimize_coding=True)``, ``webpsave_buffer(Q, effort)``,
        ``heifsave_buffer(Q, compression="av1", effort, bitdepth=8)`` or
        ``pngsave_buffer(compression, interlace=False)``.
@@ -167,8 +166,6 @@ def vips_transform(job: VipsJob) -> bytes:
     image = _decode(job)
     if (int(image.width), int(image.height)) != (job.width, job.height):
         image = scale_frame(image, job.width, job.height)
-    image = image.copy()
-    image.set_type(pyvips.GValue.gint_type, "page-height", int(image.height))
     return _save(image, job.format, job.encoders)
 
 

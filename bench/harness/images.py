@@ -36,8 +36,9 @@ PHOTO_1920 = SourceImage("photo-1920.jpg", 1920, 1280, "jpeg", "JPEG q90 4:2:0, 
 PHOTO_4000 = SourceImage("photo-4000.jpg", 4000, 3000, "jpeg", "JPEG q90 4:2:0, 4:3 crop + grain")
 CUTOUT_PNG = SourceImage("cutout-alpha.png", 1200, 800, "png", "RGBA PNG, soft elliptic cutout")
 PHOTO_WEBP = SourceImage("photo-1920.webp", 1920, 1280, "webp", "lossy WebP q85")
+TINY_JPEG = SourceImage("tiny-64.jpg", 64, 43, "jpeg", "JPEG q90 4:2:0 (fixed costs only)")
 
-ALL_SOURCES = (PHOTO_1920, PHOTO_4000, CUTOUT_PNG, PHOTO_WEBP)
+ALL_SOURCES = (PHOTO_1920, PHOTO_4000, CUTOUT_PNG, PHOTO_WEBP, TINY_JPEG)
 
 
 def _photo(width: int, height: int) -> Any:

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 MISS_SCENARIOS = ("miss", "miss_webp", "miss_4000_webp", "miss_alpha", "cdn_mix")
+# A miss of almost no pixels: the fixed costs of a request and a transform, no CPU goal.
+FIXED_COST_SCENARIO = "miss_tiny"
 OVERLOAD_SCENARIOS = {
     "overload": "miss",
     "overload_webp": "miss_webp",
@@ -31,7 +33,9 @@ OVERLOAD_SCENARIOS = {
     "overload_alpha": "miss_alpha",
     "overload_cdn_mix": "cdn_mix",
 }
-SCENARIOS = (*MISS_SCENARIOS, "hit", "mixed", "fairness", *OVERLOAD_SCENARIOS, "jobs")
+SCENARIOS = (
+    *MISS_SCENARIOS, FIXED_COST_SCENARIO, "hit", "mixed", "fairness", *OVERLOAD_SCENARIOS, "jobs"
+)
 METRIC_KEYS = ("rps", "cpu_ms_per_ok", "p50_ms", "p95_ms", "p99_ms", "errors", "peak_rss_mb")
 SCENARIO_KEYS = ("concurrency", "duration_s", "contenders")
 CONTENDER_ORDER = (
@@ -165,6 +169,7 @@ def targets(
 ) -> list[Target]:
     """Every target, measured on ``document`` (output bytes against ``baseline``)."""
     found = _cpu_targets(document)
+    found.append(_fixed_cost_reference(document))
     found += _overhead_targets(document)
     found += _loadgen_agreement_targets(document)
     found.append(
@@ -219,9 +224,20 @@ def _cpu_targets(document: Mapping[str, Any]) -> list[Target]:
     return found
 
 
+def _fixed_cost_reference(document: Mapping[str, Any]) -> Target:
+    """What a miss of a 64 px source costs each contender: no pixels, only fixed costs."""
+    parts = [
+        f"{c} {float(e['cpu_ms_per_ok']):.2f}"
+        for c in ("imgsrv", "imgsrv_wrk", "thumbor", "pipeline", "ceiling")
+        if (e := _get(document, FIXED_COST_SCENARIO, c)) is not None and e["rps"] > 0
+    ]
+    measured = "ms: " + ", ".join(parts) if parts else "not measured"
+    return Target(f"{FIXED_COST_SCENARIO}: CPU per miss (reference)", measured, "", None)
+
+
 def _overhead_targets(document: Mapping[str, Any]) -> list[Target]:
     found = []
-    for scenario in MISS_SCENARIOS:
+    for scenario in (*MISS_SCENARIOS, FIXED_COST_SCENARIO):
         pipeline = _get(document, scenario, "pipeline")
         for contender in IMGSRV_MISS_CONTENDERS:
             name = f"{scenario}: serving overhead ({contender}): CPU per miss - pipeline's"

@@ -97,6 +97,11 @@ def miss_job(
     )  # fmt: skip
 
 
+def miss_seconds(bench: Bench, work: MissWorkload) -> float:
+    """Length of one round of ``work`` under load (longer for expensive mixes)."""
+    return bench.timing.miss_s * work.round_factor
+
+
 def _wrk_runner(bench: Bench, work: MissWorkload, server: servers.Server) -> Runner:
     """imgsrv under wrk: every connection open at once, a new URL per request."""
     dialect = bench.dialect("imgsrv")
@@ -111,7 +116,8 @@ def _wrk_runner(bench: Bench, work: MissWorkload, server: servers.Server) -> Run
     lines = workload.wrk_requests(dialect, work, revalidations)
     requests = workload.write_lines(bench.work / "paths" / f"wrk-{work.name}.txt", lines)
     ok = OK_OR_NOT_MODIFIED if work.conditional else OK
-    job = WrkJob(requests, SYNC_USERS, bench.timing.miss_s, count_statuses=True, ok_statuses=ok)
+    seconds = miss_seconds(bench, work)
+    job = WrkJob(requests, SYNC_USERS, seconds, count_statuses=True, ok_statuses=ok)
     target = bench.target(server)
     return lambda: bench.wrk(f"imgsrv_wrk_{work.name}", target, job)
 
@@ -127,8 +133,9 @@ def _ceiling_runner(bench: Bench, impl: str, work: MissWorkload) -> Runner:
 
     def run() -> Round:
         result, argv = loadgen.run_ceiling(
-            jobs_file, impl, bench.workers, bench.timing.miss_s, bench.work, f"{name}-{work.name}"
-        )
+            jobs_file, impl, bench.workers, miss_seconds(bench, work), bench.work,
+            f"{name}-{work.name}",
+        )  # fmt: skip
         bench.commands[f"{name}_{work.name}"] = f"{bench.workers} x " + " ".join(argv[1:])
         return result
 
@@ -138,7 +145,7 @@ def _ceiling_runner(bench: Bench, impl: str, work: MissWorkload) -> Runner:
 def miss(bench: Bench, name: str) -> Scenario:
     """A miss workload at c=32: imgsrv (locust and wrk) vs the ceiling, pipeline, thumbor."""
     work = MISS_WORKLOADS[name]
-    seconds = bench.timing.miss_s
+    seconds = miss_seconds(bench, work)
     wants_imgsrv = any(bench.wants(c) for c in ("imgsrv", "imgsrv_wrk", "imgsrv_c16"))
     with ExitStack() as stack:
         imgsrv = _started(stack, bench.start_imgsrv()) if wants_imgsrv else None
@@ -329,8 +336,8 @@ def fairness(bench: Bench) -> Scenario:
 
 def overload(bench: Bench, name: str) -> Scenario:
     """A miss workload at c=256: what cannot be served in time must be shed with 503."""
-    seconds = bench.timing.overload_s
     work = MISS_WORKLOADS[OVERLOAD_SCENARIOS[name]]
+    seconds = bench.timing.overload_s * work.round_factor
     if not bench.wants("imgsrv"):
         return skipped(OVERLOAD_USERS, "imgsrv not selected")
     with ExitStack() as stack:

@@ -9,7 +9,10 @@ file, width, format) of sources on the origin:
   WebP; ``miss_alpha``: the RGBA PNG -> ``w:400`` WebP (alpha kept);
 * ``cdn_mix``: what a CDN sends an origin: new URLs over the four sources, widths of a
   responsive set, ``f:auto`` with Chrome's ``Accept`` (AVIF where imgsrv picks it), 5% HEAD
-  of a new URL and 5% revalidations (``If-None-Match`` with the ETag of an earlier answer).
+  of a new URL and 5% revalidations (``If-None-Match`` with the ETag of an earlier answer);
+* ``miss_tiny``: a 64x43 JPEG -> ``w:32`` JPEG: almost no pixels, so a miss costs the fixed
+  costs of a request and of a transform (the serving overhead, seen without the noise of a
+  real image).
 
 ``hit``: a fixed set of :data:`HIT_URLS` source URLs ``/v/h{k}/photo-1920.jpg`` (all the
 same bytes, so every response is the same size and the ``bare`` app can answer the very
@@ -33,6 +36,7 @@ HIT_URLS = 300
 ZIPF_S = 1.0
 WIDTH = 300
 MISS_SOURCE = "photo-1920.jpg"
+TINY_SOURCE = "tiny-64.jpg"
 MIXED_SOURCES = ("photo-1920.jpg", "photo-4000.jpg", "cutout-alpha.png", "photo-1920.webp")
 CDN_WIDTHS = (320, 640, 960, 1280)
 CHROME_ACCEPT = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
@@ -58,6 +62,9 @@ class MissWorkload:
     accept: str = ""  # sent with every request when set
     head_ratio: float = 0.0  # share of HEAD requests of new URLs
     revalidate_ratio: float = 0.0  # share of repeats with If-None-Match (304 expected)
+    # Rounds this many times the mode's length: a mix whose renders cost 0.02-0.4 s each
+    # needs a few hundred renders per round before its ratios say anything.
+    round_factor: float = 1.0
 
     @property
     def conditional(self) -> bool:
@@ -80,7 +87,11 @@ MISS_WORKLOADS: dict[str, MissWorkload] = {
         accept=CHROME_ACCEPT,
         head_ratio=0.05,
         revalidate_ratio=0.05,
+        round_factor=2.0,
     ),
+    # Not a target workload: a 64x43 source, so that a miss costs almost nothing but the
+    # fixed costs of one request and one transform (serving overhead measured directly).
+    "miss_tiny": MissWorkload("miss_tiny", (Transform(TINY_SOURCE, 32),)),
 }
 
 

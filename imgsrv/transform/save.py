@@ -28,8 +28,11 @@ def encode(state: ImageState, spec: TransformSpec, options: TransformOptions) ->
             f"{options.max_output_dimension} px"
         )
     # Savers split animations by page-height; stills must say they are a single page, or a
-    # stale page height from the source could cut them into frames.
-    image = with_int_field(state.image, "page-height", state.frame_height)
+    # stale page height from the source could cut them into frames. Most stills carry no
+    # such field and are saved as they are (a copy to set it is one more libvips call).
+    image = state.image
+    if state.animated or get_int(image, "page-height", state.frame_height) != state.frame_height:
+        image = with_int_field(image, "page-height", state.frame_height)
     data = save_buffer(image, state.output_format, spec, options)
     return describe(data, state)
 
