@@ -4,9 +4,9 @@ Each returns its scenario entry (``concurrency``, ``duration_s``, ``contenders``
 every server it started, whatever happens.
 
 * miss workloads (``miss``, ``miss_webp``, ``miss_4000_webp``, ``miss_alpha``, ``cdn_mix``,
-  ``miss_tiny``; see :mod:`bench.harness.workload`) at c=32: imgsrv under locust (gradual ramp) and wrk
-  (all connections at once), the libvips ceiling and imgsrv's pipeline looping over the same
-  transforms, and thumbor with its options for the same output;
+  ``miss_tiny``; see :mod:`bench.harness.workload`) at c=32: imgsrv under locust (gradual
+  ramp) and wrk (all connections at once), the libvips ceiling and imgsrv's pipeline looping
+  over the same transforms, and thumbor with its options for the same output;
 * ``hit`` and ``mixed``: cache hits, and 90% hits with 10% misses;
 * ``fairness``: client A keeps 64 misses in flight while client B sends 4 per second,
   against B alone on the same server;
