@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import tracemalloc
 from dataclasses import dataclass
 
 import pytest
@@ -38,6 +40,28 @@ def test_entry_round_trips_and_rejects_foreign_values() -> None:
     ):
         with pytest.raises(CorruptEntry):
             CacheEntry.decode(bad)
+
+
+def test_l1_counts_what_an_item_really_costs_beside_its_image_bytes() -> None:
+    # A full L1 of small thumbnails must stay within its byte budget: the per-item figure it
+    # charges covers the entry, its ETag, the key and the indexes, as allocated.
+    count = 5000
+    images = [bytes([i % 251]) * 600 for i in range(count)]
+    sources = [f"http://origin.example:8080/v/run-1-{i}/photo-1920.jpg" for i in range(count)]
+    cache = L1Cache(10**9)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for image, source in zip(images, sources, strict=True):
+            etag = '"' + hashlib.blake2b(image, digest_size=16).hexdigest() + '"'
+            entry = CacheEntry(data=image, content_type="image/jpeg", format="jpeg",
+                               width=32, height=21, pages=1, etag=etag)  # fmt: skip
+            assert cache.put(f"w:300/f:webp/src:{source}", entry, source)
+        per_item = (tracemalloc.get_traced_memory()[0] - before) / count
+    finally:
+        tracemalloc.stop()
+    assert 300 < per_item <= ITEM_OVERHEAD
+    assert cache.bytes_in_use == count * (600 + ITEM_OVERHEAD)
 
 
 def test_l1_hit_miss_and_ttl_capped_at_five_minutes() -> None:
@@ -95,9 +119,9 @@ def test_l1_byte_total_never_exceeds_the_cap_and_evicts_least_frequent() -> None
 
 
 def test_l1_refuses_items_too_large_for_a_sensible_share() -> None:
-    cache = L1Cache(16_000)
-    assert cache.max_item_bytes == 1000
-    assert not cache.put("big", entry(2000), "s")
+    cache = L1Cache(16 * (1000 + ITEM_OVERHEAD))
+    assert cache.max_item_bytes == 1000 + ITEM_OVERHEAD
+    assert not cache.put("big", entry(1001), "s")
     assert cache.get("big") is None
     assert cache.put("small", entry(100), "s")
 
