@@ -33,6 +33,7 @@ from imgsrv.transform import (
 from imgsrv.transform.geometry import ResizePlan, compass_offset, focus_offset, plan_resize
 from imgsrv.transform.header import read_header
 from imgsrv.transform.load import decode, jpeg_shrink
+from imgsrv.transform.vips import get_int
 from tests.corpus import IMAGES as CORPUS
 
 OPTIONS = TransformOptions()
@@ -963,6 +964,26 @@ def test_still_output_of_an_animation_is_its_first_frame() -> None:
     assert rendered.pages == 1 and (rendered.width, rendered.height) == (245, 245)
     assert mean_difference(decoded(rendered), first) < 1
     assert render(data, format="avif", width=50).pages == 1
+
+
+def test_still_of_a_multi_page_source_is_one_page_in_a_multi_page_format() -> None:
+    # A two-page TIFF is not an animation: its first page, enlarged to exactly twice its
+    # height, must still be written as one page by the savers that split by page-height.
+    pages = pyvips.Image.arrayjoin([solid(40, 30, (200, 10, 10)), solid(40, 30, (10, 200, 10))],
+                                   across=1).copy()  # fmt: skip
+    pages.set_type(pyvips.GValue.gint_type, "page-height", 30)
+    tiff = bytes(pages.tiffsave_buffer())
+    # What the saver relies on: a single decoded page carries no page-height of its own.
+    sources = (tiff, corpus("gif/animated-cogs-5-frames.gif"),
+               corpus("webp/animated-rotating-squares-9-frames.webp"))  # fmt: skip
+    for source in sources:
+        assert pyvips.Image.new_from_buffer(source, "").get_typeof("page-height") == 0
+    for fmt in ("webp", "gif"):
+        still = render(tiff, format=fmt, width=80, enlarge=True)
+        assert (still.pages, still.width, still.height) == (1, 80, 60)
+        written = pyvips.Image.new_from_buffer(still.data, "", n=-1)
+        assert (written.width, written.height) == (80, 60)
+        assert get_int(written, "n-pages", 1) == 1
 
 
 # --------------------------------------------------------------------------- probe

@@ -27,11 +27,11 @@ def encode(state: ImageState, spec: TransformSpec, options: TransformOptions) ->
             f"the output frame {state.frame_width}x{state.frame_height} exceeds "
             f"{options.max_output_dimension} px"
         )
-    # Savers split animations by page-height; stills must say they are a single page, or a
-    # stale page height from the source could cut them into frames. Most stills carry no
-    # such field and are saved as they are (a copy to set it is one more libvips call).
+    # Savers split an image into frames by page-height. Animations get their frame height;
+    # stills are decoded one page at a time, which carries no page-height, so they are saved
+    # as they are (setting the field means a copy, one more libvips call per miss).
     image = state.image
-    if state.animated or get_int(image, "page-height", state.frame_height) != state.frame_height:
+    if state.animated:
         image = with_int_field(image, "page-height", state.frame_height)
     data = save_buffer(image, state.output_format, spec, options)
     return describe(data, state)
