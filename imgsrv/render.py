@@ -284,11 +284,11 @@ class Renderer:
             spec.source, miss.reserve, miss.admission
         )
         options = self.options if self.saver is None else self.saver.options()
-        return await self._run_and_store(
+        return await self.run_and_store(
             miss, admission, lock_token, fetch_ms, transform, source.data, spec, accepted, options
         )
 
-    async def _run_and_store(
+    async def run_and_store(
         self,
         miss: _Miss,
         admission: Admission,
@@ -453,7 +453,7 @@ class VariantSetRender:
         renderer = self.renderer
         variants, fetch_ms = await self._variant_set()
         admission = renderer.pool.admit(BACKGROUND, renderer.tuning.background_reserve)
-        result = await renderer._run_and_store(
+        result = await renderer.run_and_store(
             miss, admission, lock_token, fetch_ms, variants.render, miss.spec
         )
         if variants.decodes > self._decodes_counted:
