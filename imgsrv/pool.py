@@ -69,13 +69,14 @@ def lower_thread_priority(nice: int) -> None:
 class Admission:
     """One place in the pool for one client, held from admission until its transform ends."""
 
-    __slots__ = ("_pool", "client", "running")
+    __slots__ = ("_pool", "client", "queued_seconds", "running")
 
     def __init__(self, pool: TransformPool, client: str) -> None:
         self._pool: TransformPool | None = pool
         self.client = client
         # Set once work was submitted with it: from then on the work's end releases it.
         self.running = False
+        self.queued_seconds = 0.0  # how long its work waited for a thread
 
     def release(self, _: object = None) -> None:
         """Free the place (idempotent)."""
@@ -333,7 +334,8 @@ class TransformPool:
         lower_thread_priority(nice)
         while (job := self._next_job()) is not None:
             started = time.perf_counter()
-            metrics.POOL_WAIT_SECONDS.observe(started - job.queued_at)
+            job.admission.queued_seconds = started - job.queued_at
+            metrics.POOL_WAIT_SECONDS.observe(job.admission.queued_seconds)
             try:
                 outcome: tuple[bool, Any] = (True, job.call())
             except BaseException as exc:  # handed to the awaiting request

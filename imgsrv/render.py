@@ -306,7 +306,9 @@ class Renderer:
         except ImgsrvError as exc:
             metrics.TRANSFORM_ERRORS.labels(exc.slug).inc()
             raise
-        transform_s = time.perf_counter() - started
+        # The wait for a thread is the pool's (its own metric and timing), not the transform's.
+        queued_s = admission.queued_seconds
+        transform_s = time.perf_counter() - started - queued_s
         metrics.BATCHED.time(metrics.TRANSFORM_SECONDS, transform_s, image.format)
         entry = to_entry(image)
         spec = miss.spec
@@ -316,7 +318,8 @@ class Renderer:
             miss.key, entry, spec.ttl, spec.source, lock_token
         ):
             metrics.BATCHED.count(metrics.CACHE_EVENTS, "l2", "store")
-        return RenderResult(entry, "miss", {"fetch": fetch_ms, "transform": transform_s * 1000})
+        timings = {"fetch": fetch_ms, "queue": queued_s * 1000, "transform": transform_s * 1000}
+        return RenderResult(entry, "miss", timings)
 
     def _l1_put(self, key: str, entry: CacheEntry, source: str) -> None:
         assert self.l1 is not None

@@ -47,7 +47,7 @@ def test_path_form_renders_webp_with_full_headers(client: TestClient) -> None:
     assert r.headers["cache-control"] == "public, max-age=3600"  # unsigned URL
     assert r.headers["x-cache"] in ("miss", "l1", "l2")
     timing = r.headers["server-timing"]
-    assert "fetch;dur=" in timing and "transform;dur=" in timing
+    assert "fetch;dur=" in timing and "queue;dur=" in timing and "transform;dur=" in timing
     assert "vary" not in r.headers
 
 
