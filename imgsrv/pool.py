@@ -4,11 +4,14 @@ Transforms run on a fixed number of threads (pyvips releases the GIL, so threads
 parallelism). A request takes a place in the pool when it arrives, before its source is
 downloaded, and keeps it until its transform ends.
 
-Waiting transforms start **round-robin by client**, not in one global arrival order: each
-client (an API key's tenant, else a client address; see :mod:`imgsrv.clients`) has a queue of
-its own, and a free thread takes the oldest transform of the next client in turn. A client
-that keeps 64 misses in flight therefore delays another client's request by at most one turn
-per thread, instead of by its whole backlog.
+Waiting transforms start **in turns by client**, not in one global arrival order: each client
+(an API key's tenant, else a client address; see :mod:`imgsrv.clients`) has a queue of its own,
+and the turns are those of start-time fair queueing. Every queued transform gets a turn number:
+its client's previous one plus one, but never less than the turn of the transform that started
+last. A free thread takes the lowest number (the oldest on a tie). Clients with backlogs
+therefore alternate, and a client that had nothing waiting is next, not behind one more turn
+of every backlogged client: a client that keeps 64 misses in flight delays another client's
+request by the transforms already running, instead of by its whole backlog.
 
 A new transform is refused at once with :class:`~imgsrv.errors.Overloaded` (503 +
 Retry-After) when it could not start within ``max_wait`` seconds, judged for its own client:
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import math
 import os
 import random
@@ -93,6 +98,8 @@ class _Job:
     call: Callable[[], Any]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    turn: int = 0
+    order: int = 0  # arrival order, for ties between turns
     queued_at: float = field(default_factory=time.perf_counter)
     started: bool = False
 
@@ -123,9 +130,14 @@ class TransformPool:
         self._waiting: dict[str, int] = {}
         self._at_least: list[int] = [0]
         self._held: dict[str, int] = {}  # places per client, running or not
-        # Jobs queued for a thread, per client, and the clients in turn order.
+        # Jobs queued for a thread, per client; a heap of (turn, order, client) of each queue's
+        # oldest job (entries whose job left the queue early are skipped when popped); the turn
+        # of the job started last; the turn each client's next job gets at the earliest.
         self._queues: dict[str, deque[_Job]] = {}
-        self._turns: deque[str] = deque()
+        self._heads: list[tuple[int, int, str]] = []
+        self._turn = 0
+        self._next_turns: dict[str, int] = {}
+        self._arrivals = itertools.count()
         self._mean_seconds = 0.0  # running mean of one transform, 0 until the first one
         self._samples = 0  # transforms that fed the mean
         self._warmup = warmup
@@ -162,7 +174,9 @@ class TransformPool:
         """Seconds until ``extra`` more transforms of ``client`` could all have started.
 
         The transforms that start first are the running ones, then, turn by turn, at most as
-        many of every other client's waiting ones as ``client`` will have, and its own.
+        many of every other client's waiting ones as ``client`` will have, and its own. Counted
+        as waiting, transforms still downloading their source are included, and a client that
+        has nothing waiting may go before some of them: the figure is an upper bound.
         """
         with self._lock:
             return self._expected_wait(client, extra)
@@ -281,11 +295,7 @@ class TransformPool:
         with self._lock:
             if self._closing:
                 raise RuntimeError("the transform pool is shut down")
-            queue = self._queues.get(admission.client)
-            if queue is None:
-                queue = self._queues[admission.client] = deque()
-                self._turns.append(admission.client)
-            queue.append(job)
+            self._enqueue(job)
             self._work.notify()
         try:
             result: T = await asyncio.shield(job.future)
@@ -294,6 +304,17 @@ class TransformPool:
             self._abandon(job)
             raise
 
+    def _enqueue(self, job: _Job) -> None:
+        client = job.admission.client
+        job.turn = max(self._turn, self._next_turns.get(client, 0))
+        job.order = next(self._arrivals)
+        self._next_turns[client] = job.turn + 1
+        queue = self._queues.get(client)
+        if queue is None:
+            queue = self._queues[client] = deque()
+            heapq.heappush(self._heads, (job.turn, job.order, client))
+        queue.append(job)
+
     def _abandon(self, job: _Job) -> None:
         """The awaiting request went away: a job that has not started never will."""
         with self._lock:
@@ -301,34 +322,49 @@ class TransformPool:
                 # It runs to its end; nobody reads its outcome, which is then dropped quietly.
                 job.future.add_done_callback(_drop_outcome)
                 return
-            queue = self._queues.get(job.admission.client)
-            if queue is not None:
-                with contextlib.suppress(ValueError):
-                    queue.remove(job)
+            client = job.admission.client
+            queue = self._queues.get(client)
+            if queue is not None and job in queue:
+                head = queue[0] is job
+                queue.remove(job)
                 if not queue:
-                    del self._queues[job.admission.client]
-                    self._turns.remove(job.admission.client)
+                    del self._queues[client]
+                elif head:  # the heap's entry for this client is stale now
+                    heapq.heappush(self._heads, (queue[0].turn, queue[0].order, client))
         job.admission.release()
 
     def _next_job(self) -> _Job | None:
-        """The oldest job of the client whose turn it is (None once shut down)."""
+        """The queued job with the lowest turn (None once shut down)."""
         with self._work:
-            while not self._turns:
-                if self._closing:
-                    return None
-                self._work.wait()
-            client = self._turns.popleft()
-            queue = self._queues[client]
+            while True:
+                while not self._heads:
+                    if self._closing:
+                        return None
+                    self._work.wait()
+                _, order, client = heapq.heappop(self._heads)
+                queue = self._queues.get(client)
+                if queue is not None and queue[0].order == order:
+                    break
             job = queue.popleft()
             if queue:
-                self._turns.append(client)
+                heapq.heappush(self._heads, (queue[0].turn, queue[0].order, client))
             else:
                 del self._queues[client]
+            self._turn = job.turn
+            self._forget_idle_turns()
             job.started = True
             job.admission.running = True
             self._running += 1
             self._drop_waiting(client)
             return job
+
+    def _forget_idle_turns(self) -> None:
+        # A client's next turn matters only while it is ahead of the current one; drop the
+        # others now and then, so that the map does not keep every client ever seen.
+        if len(self._next_turns) <= 2 * len(self._queues) + 64:
+            return
+        current = self._turn
+        self._next_turns = {c: t for c, t in self._next_turns.items() if t > current}
 
     def _serve(self, nice: int) -> None:
         lower_thread_priority(nice)
@@ -360,7 +396,7 @@ class TransformPool:
             self._closing = True
             dropped = [job for queue in self._queues.values() for job in queue]
             self._queues.clear()
-            self._turns.clear()
+            self._heads.clear()
             self._work.notify_all()
         for job in dropped:
             job.admission.release()

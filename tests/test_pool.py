@@ -181,6 +181,46 @@ async def test_waiting_transforms_of_two_clients_start_alternately() -> None:
     pool.shutdown()
 
 
+async def test_a_client_with_nothing_waiting_is_next_not_behind_a_backlog() -> None:
+    pool = TransformPool(threads=1, max_queue=50)
+    steps = [threading.Event() for _ in range(4)]
+    order: list[str] = []
+
+    def step(i: int) -> None:
+        order.append(f"a{i}")
+        steps[i].wait(5)
+
+    flood = [asyncio.create_task(pool.run(step, i, client="a")) for i in range(4)]
+    await asyncio.sleep(0.02)
+    steps[0].set()  # a1 starts; a2 and a3 wait
+    await asyncio.sleep(0.02)
+    late = asyncio.create_task(pool.run(order.append, "b0", client="b"))
+    await asyncio.sleep(0.01)
+    for event in steps[1:]:
+        event.set()
+    await asyncio.gather(*flood, late)
+    # b waited for the running transform only, not for one more of a's turns
+    assert order == ["a0", "a1", "b0", "a2", "a3"]
+    pool.shutdown()
+
+
+async def test_a_client_whose_oldest_job_went_away_keeps_its_turns() -> None:
+    pool = TransformPool(threads=1, max_queue=50)
+    gate, holder = await _hold_the_thread(pool)
+    order: list[str] = []
+    a = [asyncio.create_task(pool.run(order.append, f"a{i}", client="a")) for i in range(3)]
+    await asyncio.sleep(0.01)
+    b = [asyncio.create_task(pool.run(order.append, f"b{i}", client="b")) for i in range(2)]
+    await asyncio.sleep(0.01)
+    a[0].cancel()
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(holder, *a[1:], *b)
+    assert order == ["b0", "a1", "b1", "a2"]
+    assert pool.waiting_by_client() == {} and pool.admitted == 0
+    pool.shutdown()
+
+
 async def test_background_work_takes_turns_as_one_client() -> None:
     pool = TransformPool(threads=1, max_queue=50)
     gate, holder = await _hold_the_thread(pool)
