@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,9 @@ class LocustJob:
     shed_ok: bool = False  # overload: 503 is the intended answer, not an error
     count_name: str = ""  # only samples of this request name count (jobs: the sync ones)
     ok_statuses: frozenset[int] = OK  # cdn_mix: a 304 answers a revalidation
+    # fairness: user class -> users, each class in a locust process of its own (clients on
+    # machines of their own: one client's users do not wait in the other's event loop)
+    separate: Mapping[str, int] = field(default_factory=dict)
 
 
 def locust_command(job: LocustJob, url: str) -> list[str]:
@@ -103,28 +106,45 @@ def _locust_rows(
     job: LocustJob, target: Target, work: Path, label: str
 ) -> tuple[list[Row], TreeSampler]:
     """Run locust against ``target``; its raw samples and the sampler of the run."""
-    samples = work / "samples" / label
-    samples.parent.mkdir(parents=True, exist_ok=True)
-    for old in samples.parent.glob(samples.name + ".*"):
-        old.unlink()
+    parts = [
+        (f"{label}-{name}", replace(job, user_classes=[name], users=users, separate={}))
+        for name, users in job.separate.items()
+    ] or [(label, job)]
+    samples = work / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    for part_label, _ in parts:
+        for old in samples.glob(part_label + ".*"):
+            old.unlink()
+    processes = [
+        _spawn_locust(part, target, work, part_label, f"locust-{part_label}.log" if job.separate
+                      else "locust.log")
+        for part_label, part in parts
+    ]  # fmt: skip
+    with _sampler(target, [process.pid for process in processes]) as sampler:
+        for process in processes:
+            _wait(process, job.warmup + job.seconds + 30)
+    rows: list[Row] = []
+    for part_label, _ in parts:
+        for part in samples.glob(part_label + ".*"):
+            rows.extend(json.loads(part.read_text()))
+    if not rows:
+        raise RuntimeError(f"locust recorded no requests:\n{processes[0].log_tail()}")
+    return rows, sampler
+
+
+def _spawn_locust(
+    job: LocustJob, target: Target, work: Path, label: str, log: str = "locust.log"
+) -> procs.Managed:
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
-        "BENCH_SAMPLES": str(samples),
+        "BENCH_SAMPLES": str(work / "samples" / label),
         "BENCH_MAX_REQUESTS": str(job.max_requests // max(1, job.processes)),
         "BENCH_RUN_ID": f"{label}-{int(time.time() * 1000)}",
         **job.env,
     }
     argv = locust_command(job, target.url)
-    process = procs.spawn("locust", argv, env=env, log_path=work / "logs" / "locust.log")
-    with _sampler(target, [process.pid]) as sampler:
-        _wait(process, job.warmup + job.seconds + 30)
-    rows: list[Row] = []
-    for part in samples.parent.glob(samples.name + ".*"):
-        rows.extend(json.loads(part.read_text()))
-    if not rows:
-        raise RuntimeError(f"locust recorded no requests:\n{process.log_tail()}")
-    return rows, sampler
+    return procs.spawn("locust", argv, env=env, log_path=work / "logs" / log)
 
 
 def _window_start(rows: Sequence[Row], job: LocustJob) -> float:
@@ -137,6 +157,7 @@ def run_locust(job: LocustJob, target: Target, work: Path, label: str) -> Round:
     result = rows_to_round(rows, job)
     begin = _window_start(rows, job)
     _account(result, sampler, begin, begin + job.seconds)
+    _clear_of_stalls(result, rows, job, sampler)
     return result
 
 
@@ -153,9 +174,10 @@ def run_locust_split(
     rounds = {key: rows_to_round(rows, job, only=name) for key, name in parts.items()}
     whole = Round(ok=sum(r.ok for r in rounds.values()), seconds=job.seconds)
     _account(whole, sampler, begin, begin + job.seconds)
-    for result in rounds.values():
+    for key, result in rounds.items():
         share = result.ok / whole.ok if whole.ok else 1 / len(rounds)
         _account(result, sampler, begin, begin + job.seconds)
+        _clear_of_stalls(result, rows, job, sampler, parts[key])
         result.server_cpu_s = whole.server_cpu_s * share
         result.redis_cpu_s = whole.redis_cpu_s * share
     return rounds
@@ -175,6 +197,7 @@ def _account(
     result.peak_pss_mb = server.peak_pss_mb
     result.server_cpu_s = server.cpu_seconds(start, end)
     result.server_cpu_pct = server.cpu_percent(start, end)
+    result.stalls_ms = [1000 * late for late in sampler.stalls_between(start, end)]
     result.loadgen_cpu_pct = sampler.usage["loadgen"].cpu_percent(start, end)
     redis = sampler.usage.get("redis")
     redis_pct = 0.0
@@ -184,6 +207,22 @@ def _account(
     machine = sampler.machine.cpu_percent(start, end)
     busy = result.server_cpu_pct + result.loadgen_cpu_pct + redis_pct
     result.other_cpu_pct = max(0.0, machine - busy)
+
+
+def _clear_of_stalls(
+    result: Round, rows: Sequence[Row], job: LocustJob, sampler: TreeSampler, only: str = ""
+) -> None:
+    """Keep the latencies of the window's successes that no stall of the machine overlapped."""
+    begin = _window_start(rows, job)
+    spans = [(at - late, at) for at, late in sampler.stalls]
+    result.clear_latencies_ms = [
+        float(ms)
+        for started, ms, status, _, name, _ in rows
+        if begin <= float(started) < begin + job.seconds
+        and (not only or name == only)
+        and int(status) in job.ok_statuses
+        and not any(a < float(started) + float(ms) / 1000 and float(started) < b for a, b in spans)
+    ]
 
 
 def rows_to_round(rows: Sequence[Row], job: LocustJob, only: str | None = None) -> Round:

@@ -147,8 +147,20 @@ class TreeUsage:
         return 100.0 * self.cpu_seconds(begin, finish) / (finish - begin)
 
 
+# A poll this much later than due counts as a stall of the machine.
+STALL_SECONDS = 0.05
+
+
 class TreeSampler:
-    """Polls named process trees in a background thread: peak RSS/PSS and CPU time used.
+    """Polls named process trees in a background thread: peak RSS, CPU time used, and PSS.
+
+    The sampler also notes when it wakes up late (:attr:`stalls`): a thread that sleeps
+    0.2 s and runs 0.3 s later saw the machine give no CPU to a ready, unrelated process for
+    that long, which shows in every latency of the moment.
+
+    PSS is read once, when the sampler stops: reading ``smaps_rollup`` walks the process's
+    page tables under its memory-map lock, which took up to 65 ms per imgsrv worker under
+    load and stalled the server being measured (every thread that maps memory waits).
 
     CPU is the sum over processes of (last - first) cumulative time seen: a process that
     appears mid-window counts from its first poll, one that exits keeps what was last seen.
@@ -162,8 +174,8 @@ class TreeSampler:
         self.machine = TreeUsage()
         self._machine_start = machine_busy_seconds()
         self._stop = threading.Event()
+        self.stalls: list[tuple[float, float]] = []  # (wall time, seconds late) of late polls
         self._thread = threading.Thread(target=self._run, name="tree-sampler", daemon=True)
-        self._polls = 0
         self.started = 0.0
         self.seconds = 0.0
 
@@ -176,19 +188,30 @@ class TreeSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._poll()
+        self._poll(with_pss=True)
         self.seconds = time.monotonic() - self.started
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            due = time.monotonic() + self.interval
+            if self._stop.wait(self.interval):
+                return
+            late = time.monotonic() - due
+            if late >= STALL_SECONDS:
+                self.stalls.append((time.time(), late))
             self._poll()
 
-    def _poll(self) -> None:
-        self._polls += 1
+    def stalls_between(self, start: float | None, end: float | None) -> list[float]:
+        """How late (seconds) the sampler woke, for each late wake-up between two wall times."""
+        return [
+            late
+            for at, late in self.stalls
+            if (start is None or at >= start) and (end is None or at - late <= end)
+        ]
+
+    def _poll(self, with_pss: bool = False) -> None:
         busy = machine_busy_seconds() - self._machine_start
         self.machine.timeline.append((time.time(), busy))
-        # PSS walks page tables, which costs more than statm: take it every 5th poll.
-        with_pss = self._polls % 5 == 1
         for name, roots in self.trees.items():
             usage = self.usage[name]
             pids = tree_pids(roots)

@@ -395,6 +395,12 @@ def _fairness_targets(document: Mapping[str, Any]) -> list[Target]:
     ratio = _ratio(float(b["p95_ms"]), float(idle["p95_ms"]))
     detail = (f"{ratio:.2f}x ({b['p95_ms']:g} / {idle['p95_ms']:g} ms; B {b['rps']:g} req/s, "
               f"alone {idle['rps']:g})" if ratio is not None else "undefined")  # fmt: skip
+    clear = b.get("extra", {}).get("clear_of_stalls")
+    if clear and ratio is not None:
+        stalls = b["extra"]["host_stalls"]
+        detail += (f"; {stalls['count']} machine stalls (max {stalls['max_ms']:g} ms): B's p95 "
+                   f"of the {clear['responses']} requests no stall overlapped {clear['p95_ms']:g} "
+                   f"ms, {clear['p95_ms'] / float(idle['p95_ms']):.2f}x")  # fmt: skip
     return [
         Target("fairness: client B p95 / B's p95 alone", detail, "<= 2",
                ratio is not None and ratio <= 2),
@@ -498,6 +504,9 @@ def _note(extra: Mapping[str, Any]) -> str:
         notes.append(f"load gen {extra['loadgen_cpu_pct']:.0f}%")
     if extra.get("other_cpu_pct", 0) >= 5:
         notes.append(f"other {extra['other_cpu_pct']:.0f}%")
+    if "host_stalls" in extra:
+        stalls = extra["host_stalls"]
+        notes.append(f"machine stalls {stalls['count']} (max {stalls['max_ms']:.0f} ms)")
     if "statuses" in extra:
         notes.append("statuses " + ", ".join(f"{k}: {v}" for k, v in extra["statuses"].items()))
     if len(extra.get("rounds_rps", [])) > 1:

@@ -317,7 +317,8 @@ def fairness(bench: Bench) -> Scenario:
         }
         template = [bench.dialect("imgsrv").miss_template()]
         both = bench.miss_job(template, users, seconds, user_classes=["FairAUser", "FairBUser"],
-                              env=env)  # fmt: skip
+                              env=env, separate={"FairAUser": FAIR_A_USERS,
+                                                 "FairBUser": FAIR_B_USERS})  # fmt: skip
         alone = bench.miss_job(template, FAIR_B_USERS, seconds, user_classes=["FairBUser"],
                                env=env)  # fmt: skip
         target = bench.target(imgsrv)

@@ -67,6 +67,9 @@ class Round:
     bodies: int = 0  # successful responses that had a body (not HEAD, not 304)
     retry_after_s: list[float] = field(default_factory=list)  # Retry-After of every 503
     retry_after_missing: int = 0  # 503s without a Retry-After
+    stalls_ms: list[float] = field(default_factory=list)  # the machine's stalls in the window
+    # latencies of the successes that overlapped none of those stalls (locust only)
+    clear_latencies_ms: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -120,6 +123,16 @@ def merge(rounds: Sequence[Round]) -> dict[str, Any]:
         "server_cpu_s": _r(cpu_s, 3),
         "bytes_per_response": _r(sum(r.ok_bytes for r in rounds) / ok if ok else 0.0, 1),
     }
+    stalls = [v for r in rounds for v in r.stalls_ms]
+    if stalls:
+        extra["host_stalls"] = {"count": len(stalls), "max_ms": _r(max(stalls), 0),
+                                "total_ms": _r(sum(stalls), 0)}  # fmt: skip
+        clear = sorted(v for r in rounds for v in (r.clear_latencies_ms or ()))
+        if clear:
+            extra["clear_of_stalls"] = {"responses": len(clear),
+                                        "p50_ms": _r(percentile(clear, 50)),
+                                        "p95_ms": _r(percentile(clear, 95)),
+                                        "p99_ms": _r(percentile(clear, 99))}  # fmt: skip
     redis_s = sum(r.redis_cpu_s for r in rounds)
     if redis_s:
         extra["redis_cpu_ms_per_ok"] = _r(1000 * redis_s / ok if ok else 0.0, 3)
