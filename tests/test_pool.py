@@ -164,14 +164,24 @@ async def _hold_the_thread(pool: TransformPool) -> tuple[threading.Event, asynci
     return gate, task
 
 
+async def _queue(
+    pool: TransformPool, order: list[str], client: str, count: int
+) -> list[asyncio.Task[None]]:
+    """``count`` transforms of ``client``, queued now, that note in ``order`` when they run."""
+    tasks = [
+        asyncio.create_task(pool.run(order.append, f"{client}{i}", client=client))
+        for i in range(count)
+    ]
+    await asyncio.sleep(0.01)
+    return tasks
+
+
 async def test_waiting_transforms_of_two_clients_start_alternately() -> None:
     pool = TransformPool(threads=1, max_queue=50)
     gate, holder = await _hold_the_thread(pool)
     order: list[str] = []
-    flood = [asyncio.create_task(pool.run(order.append, f"a{i}", client="a")) for i in range(6)]
-    await asyncio.sleep(0.01)
-    late = [asyncio.create_task(pool.run(order.append, f"b{i}", client="b")) for i in range(3)]
-    await asyncio.sleep(0.01)
+    flood = await _queue(pool, order, "a", 6)
+    late = await _queue(pool, order, "b", 3)
     assert pool.waiting_by_client() == {"a": 6, "b": 3}
     gate.set()
     await asyncio.gather(holder, *flood, *late)
@@ -208,10 +218,8 @@ async def test_a_client_whose_oldest_job_went_away_keeps_its_turns() -> None:
     pool = TransformPool(threads=1, max_queue=50)
     gate, holder = await _hold_the_thread(pool)
     order: list[str] = []
-    a = [asyncio.create_task(pool.run(order.append, f"a{i}", client="a")) for i in range(3)]
-    await asyncio.sleep(0.01)
-    b = [asyncio.create_task(pool.run(order.append, f"b{i}", client="b")) for i in range(2)]
-    await asyncio.sleep(0.01)
+    a = await _queue(pool, order, "a", 3)
+    b = await _queue(pool, order, "b", 2)
     a[0].cancel()
     await asyncio.sleep(0.01)
     gate.set()
