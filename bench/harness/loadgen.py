@@ -154,10 +154,9 @@ def _window_start(rows: Sequence[Row], job: LocustJob) -> float:
 def run_locust(job: LocustJob, target: Target, work: Path, label: str) -> Round:
     """Run locust against ``target`` and turn its raw samples into a Round."""
     rows, sampler = _locust_rows(job, target, work, label)
-    result = rows_to_round(rows, job)
+    result = rows_to_round(rows, job, stalls=sampler.stalls)
     begin = _window_start(rows, job)
     _account(result, sampler, begin, begin + job.seconds)
-    _clear_of_stalls(result, rows, job, sampler)
     return result
 
 
@@ -171,13 +170,15 @@ def run_locust_split(
     """
     rows, sampler = _locust_rows(job, target, work, label)
     begin = _window_start(rows, job)
-    rounds = {key: rows_to_round(rows, job, only=name) for key, name in parts.items()}
+    rounds = {
+        key: rows_to_round(rows, job, only=name, stalls=sampler.stalls)
+        for key, name in parts.items()
+    }
     whole = Round(ok=sum(r.ok for r in rounds.values()), seconds=job.seconds)
     _account(whole, sampler, begin, begin + job.seconds)
-    for key, result in rounds.items():
+    for result in rounds.values():
         share = result.ok / whole.ok if whole.ok else 1 / len(rounds)
         _account(result, sampler, begin, begin + job.seconds)
-        _clear_of_stalls(result, rows, job, sampler, parts[key])
         result.server_cpu_s = whole.server_cpu_s * share
         result.redis_cpu_s = whole.redis_cpu_s * share
     return rounds
@@ -209,31 +210,23 @@ def _account(
     result.other_cpu_pct = max(0.0, machine - busy)
 
 
-def _clear_of_stalls(
-    result: Round, rows: Sequence[Row], job: LocustJob, sampler: TreeSampler, only: str = ""
-) -> None:
-    """Keep the latencies of the window's successes that no stall of the machine overlapped."""
-    begin = _window_start(rows, job)
-    spans = [(at - late, at) for at, late in sampler.stalls]
-    result.clear_latencies_ms = [
-        float(ms)
-        for started, ms, status, _, name, _ in rows
-        if begin <= float(started) < begin + job.seconds
-        and (not only or name == only)
-        and int(status) in job.ok_statuses
-        and not any(a < float(started) + float(ms) / 1000 and float(started) < b for a, b in spans)
-    ]
-
-
-def rows_to_round(rows: Sequence[Row], job: LocustJob, only: str | None = None) -> Round:
+def rows_to_round(
+    rows: Sequence[Row],
+    job: LocustJob,
+    only: str | None = None,
+    stalls: Sequence[tuple[float, float]] = (),
+) -> Round:
     """Classify raw locust samples of the measured window into a Round.
 
     ``only``: count the samples of this request name alone (one client of several).
+    ``stalls``: the machine's stalls (wall time at their end, seconds), to tell which
+    successes none of them overlapped.
     """
     begin = _window_start(rows, job)
     end = begin + job.seconds
-    result = Round(ok=0, seconds=job.seconds, latencies_ms=[])
-    assert result.latencies_ms is not None
+    result = Round(ok=0, seconds=job.seconds, latencies_ms=[], clear_latencies_ms=[])
+    assert result.latencies_ms is not None and result.clear_latencies_ms is not None
+    spans = [(at - late, at) for at, late in stalls]
     other: dict[str, int] = {}
     statuses: dict[str, int] = {}
     for started_obj, ms_obj, status_obj, retry_after, name, length in rows:
@@ -252,6 +245,8 @@ def rows_to_round(rows: Sequence[Row], job: LocustJob, only: str | None = None) 
         if status in job.ok_statuses:
             result.ok += 1
             result.latencies_ms.append(ms)
+            if not any(a < started + ms / 1000 and started < b for a, b in spans):
+                result.clear_latencies_ms.append(ms)
             result.ok_bytes += int(length)
             result.bodies += int(length) > 0
             if status == 304:
