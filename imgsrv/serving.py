@@ -26,6 +26,7 @@ import uvicorn
 from uvicorn_worker import UvicornWorker
 
 from imgsrv.balance import LoadBoard, set_this_worker
+from imgsrv.coalesced_writes import coalescing_http_protocol
 from imgsrv.config import ENV_PREFIX, Settings, available_cpus, load_settings
 from imgsrv.drain import Drain, process_drain
 from imgsrv.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_redis_server
@@ -60,11 +61,12 @@ class ImgsrvUvicornWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worke
     uvicorn's own access log is off: the app writes one JSON line per request itself, and a
     second, unformatted line per request would only cost time. So is its reading of
     X-Forwarded-For: the app believes it only from the ``trusted_proxies`` (imgsrv.clients).
+    A response goes out in one system call (:mod:`imgsrv.coalesced_writes`).
     """
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         "loop": "auto",
-        "http": "auto",
+        "http": coalescing_http_protocol(),
         "access_log": False,
         "proxy_headers": False,
     }
@@ -133,7 +135,7 @@ def run_uvicorn(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         loop="auto",
-        http="auto",
+        http=coalescing_http_protocol(),
         lifespan="on",
         log_config=logging_config(settings.log_level),
         log_level=settings.log_level,

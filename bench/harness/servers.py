@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.harness import procs
 
 REPO = Path(__file__).resolve().parents[2]
-WORKER_CLASS = "imgsrv.serving.ImgsrvUvicornWorker"
+BARE_WORKER_CLASS = "bench.harness.bare_app.StockProtocolWorker"
 JOBS_API_KEY = "bench-jobs-key"
 # A second tenant: the fairness scenario's client B (client A uses the first key).
 CLIENT_B_API_KEY = "bench-client-b-key"
@@ -143,12 +143,13 @@ def start_imgsrv(
 
 
 def start_bare(work: Path, workers: int, body: Path) -> Server:
-    """The bare starlette app under gunicorn with imgsrv's worker class and timeouts."""
+    """The bare starlette app under gunicorn with imgsrv's worker settings and timeouts
+    (uvicorn's own HTTP protocol: see :mod:`bench.harness.bare_app`)."""
     port = procs.free_port()
     argv = [
         sys.executable, "-m", "gunicorn",
         "--workers", str(workers),
-        "--worker-class", WORKER_CLASS,
+        "--worker-class", BARE_WORKER_CLASS,
         "--bind", f"127.0.0.1:{port}",
         "--keep-alive", "75",
         "--timeout", "60",
