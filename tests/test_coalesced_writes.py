@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from imgsrv.coalesced_writes import CoalescingTransport, coalescing_http_protocol
+from imgsrv.coalesced_writes import CoalescingTransport, _coalescing, coalescing_http_protocol
 from imgsrv.serving import ImgsrvUvicornWorker
 from tests.servers import ImgsrvProcess
 
@@ -28,14 +31,14 @@ def _process_tree(root: int) -> list[int]:
     return pids
 
 
+def _syscw(io: str) -> int:
+    """The write/writev system call count in the text of a ``/proc/.../io`` file."""
+    return next(int(line.split()[1]) for line in io.splitlines() if line.startswith("syscw:"))
+
+
 def _write_calls(root: int) -> int:
-    """write/writev system calls made so far by every process of the tree (``syscw``)."""
-    total = 0
-    for pid in _process_tree(root):
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("syscw:"):
-                total += int(line.split()[1])
-    return total
+    """write/writev system calls made so far by every process of the tree."""
+    return sum(_syscw(Path(f"/proc/{pid}/io").read_text()) for pid in _process_tree(root))
 
 
 def _request(path: str, method: str = "GET", extra: str = "") -> bytes:
@@ -189,3 +192,40 @@ def test_abort_drops_what_is_kept() -> None:
         assert transport.is_closing()
 
     asyncio.run(scenario())
+
+
+def test_the_h11_protocol_coalesces_too() -> None:
+    """Without httptools the same transport wraps uvicorn's h11 protocol."""
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        assert scope["type"] == "http"
+        headers = [(b"content-length", b"5")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"hello"})  # type: ignore[operator]
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=_coalescing(H11Protocol), lifespan="off",
+        log_level="warning",
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            threading.Event().wait(0.05)
+        io = Path(f"/proc/self/task/{thread.native_id}/io")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            reader = Reader(sock)
+            before = _syscw(io.read_text())
+            for _ in range(20):
+                sock.sendall(_request("/"))
+                assert reader.response()[::2] == (200, b"hello")
+            assert 20 <= _syscw(io.read_text()) - before <= 22
+    finally:
+        server.should_exit = True
+        thread.join(10)
