@@ -302,6 +302,14 @@ def test_the_app_on_every_topology(topology: Topology, origin: Origin) -> None:
         assert done["status"] == "succeeded", done
         metrics = first.get("/metrics").text
         assert 'imgsrv_jobs_submitted_total{priority="normal"}' in metrics
+        # The registry is read in one call on the queue's slot (a Cluster pipeline may not
+        # hold TIME): this process's record, online, with its job slot.
+        registry = first.get("/v1/workers", headers={"Authorization": "Bearer admin-secret"})
+        assert registry.status_code == 200, registry.text
+        listed_workers = registry.json()["workers"]
+        assert [(w["kind"], w["online"], w["concurrency"]) for w in listed_workers] == [
+            ("server", True, 1)
+        ]
     with TestClient(create_app(settings)) as second:  # another process: L2, not L1
         assert second.get(url).headers["x-cache"] == "l2"
         job_url = done["variants"][0]["result"]["url"]

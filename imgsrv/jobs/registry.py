@@ -20,7 +20,7 @@ import orjson
 from imgsrv import __version__
 from imgsrv.jobs import scripts
 from imgsrv.jobs.model import JsonObject, iso_time
-from imgsrv.jobs.queue import JobQueue, queue_errors
+from imgsrv.jobs.queue import JobQueue
 
 MISSED_BEATS = 3
 KEEP_MS = 3_600_000  # records of workers that went silent are kept for an hour
@@ -63,6 +63,7 @@ class WorkerRegistry:
         self.queue = queue
         self._beat = queue.script(scripts.WORKER_BEAT)
         self._stop = queue.script(scripts.WORKER_STOP)
+        self._list = queue.script(scripts.WORKER_LIST)
         self._started_at = 0
 
     @property
@@ -89,19 +90,9 @@ class WorkerRegistry:
 
     async def workers(self) -> list[JsonObject]:
         """Every registered worker, online ones first, each with its state and heartbeat age."""
-        redis = self.queue.redis
-        with queue_errors():
-            ids = [
-                _text(item) for item in cast(list[bytes], await redis.zrevrange(self.key, 0, -1))
-            ]
-            async with redis.pipeline(transaction=False) as pipe:
-                pipe.time()
-                for worker_id in ids:
-                    pipe.hgetall(f"{self.queue.prefix}:worker:{worker_id}")
-                replies = await pipe.execute()
-        seconds, micros = replies[0]
-        now = int(seconds) * 1000 + int(micros) // 1000
-        found = [describe(raw, now) for raw in replies[1:] if raw]
+        now, *records = cast(list[Any], await self.queue.run(self._list, self.key))
+        found = [describe(dict(zip(flat[::2], flat[1::2], strict=True)), int(now))
+                 for flat in records if flat]  # fmt: skip
         found.sort(key=lambda worker: (worker["state"] != "online", worker["heartbeat_age_s"]))
         return found
 

@@ -642,6 +642,17 @@ redis.call('HSET', key, 'stopped_at', now_ms(), 'current', '[]')
 return 1
 """
 
+# KEYS[1] the workers key. Returns Redis's time in ms, then each registered worker's record
+# (HGETALL, flat) in the order of their last heartbeat, newest first. One call on the queue's
+# slot: a Cluster pipeline may not hold TIME.
+WORKER_LIST = r"""
+local out = {now_ms()}
+for _, id in ipairs(redis.call('ZREVRANGE', P .. ':workers', 0, -1)) do
+    table.insert(out, redis.call('HGETALL', P .. ':worker:' .. id))
+end
+return out
+"""
+
 # --------------------------------------------------------------------------- schedules
 
 # KEYS[1] schedule key. ARGV: id, tenant, fields (JSON object of strings), first run ms, most
