@@ -42,6 +42,7 @@ from imgsrv.jobs.model import JsonObject, Status, log_job
 from imgsrv.jobs.queue import Claim, JobQueue
 from imgsrv.jobs.registry import WorkerInfo
 from imgsrv.jobs.services import JobServices
+from imgsrv.redis_client import RedisClient, close_redis, connect_redis
 from imgsrv.render import RenderResult, VariantSetRender
 from imgsrv.runtime import Runtime, open_runtime
 from imgsrv.spec import TransformSpec, parse_options, split_options
@@ -434,7 +435,34 @@ async def serve_jobs(
     if runtime.redis is None:
         yield None
         return
-    services = JobServices.on(JobQueue(runtime.redis, config), config.max_schedules)
+    async with (
+        queue_client(runtime.settings) as redis,
+        _serve_jobs(runtime, JobQueue(redis, config), config, drain) as services,
+    ):
+        yield services
+
+
+@contextlib.asynccontextmanager
+async def queue_client(settings: Settings) -> AsyncIterator[RedisClient]:
+    """A Redis client of the job queue's own, apart from the cache's.
+
+    On a Redis Cluster, a client that sees a shard fail refreshes its slot map and may close
+    every connection it holds, commands in flight on the healthy shards included. With a
+    client of its own, the queue is not disturbed by the cache's traffic to a failing shard.
+    """
+    redis = connect_redis(settings)
+    assert redis is not None, "the job queue needs IMGSRV_REDIS_URL"
+    try:
+        yield redis
+    finally:
+        await close_redis(redis)
+
+
+@contextlib.asynccontextmanager
+async def _serve_jobs(
+    runtime: Runtime, queue: JobQueue, config: JobConfig, drain: Drain | None
+) -> AsyncIterator[JobServices]:
+    services = JobServices.on(queue, config.max_schedules)
     slots = runtime.settings.job_workers
     info = WorkerInfo.of_this_process("server", max(slots, 0), config.registry_heartbeat)
     worker = JobWorker(runtime, services.queue, config, slots, info.id) if slots > 0 else None
@@ -473,9 +501,8 @@ def worker_settings(settings: Settings) -> Settings:
 async def run_worker(settings: Settings, concurrency: int) -> None:
     """Run a dedicated worker until SIGTERM or SIGINT, then stop gracefully."""
     config = JobConfig.from_settings(settings)
-    async with open_runtime(settings) as runtime:
-        assert runtime.redis is not None
-        services = JobServices.on(JobQueue(runtime.redis, config), config.max_schedules)
+    async with open_runtime(settings) as runtime, queue_client(settings) as redis:
+        services = JobServices.on(JobQueue(redis, config), config.max_schedules)
         info = WorkerInfo.of_this_process("worker", concurrency, config.registry_heartbeat)
         worker = JobWorker(runtime, services.queue, config, concurrency, info.id)
         duties = ProcessDuties(services, info, worker.current_jobs)
