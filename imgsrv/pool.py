@@ -312,8 +312,14 @@ class TransformPool:
         queue = self._queues.get(client)
         if queue is None:
             queue = self._queues[client] = deque()
-            heapq.heappush(self._heads, (job.turn, job.order, client))
         queue.append(job)
+        if len(queue) == 1:  # the client's new oldest job
+            self._push_head(client)
+
+    def _push_head(self, client: str) -> None:
+        """Put the oldest queued job of ``client`` on the heap of queue heads."""
+        head = self._queues[client][0]
+        heapq.heappush(self._heads, (head.turn, head.order, client))
 
     def _abandon(self, job: _Job) -> None:
         """The awaiting request went away: a job that has not started never will."""
@@ -330,7 +336,7 @@ class TransformPool:
                 if not queue:
                     del self._queues[client]
                 elif head:  # the heap's entry for this client is stale now
-                    heapq.heappush(self._heads, (queue[0].turn, queue[0].order, client))
+                    self._push_head(client)
         job.admission.release()
 
     def _next_job(self) -> _Job | None:
@@ -347,7 +353,7 @@ class TransformPool:
                     break
             job = queue.popleft()
             if queue:
-                heapq.heappush(self._heads, (queue[0].turn, queue[0].order, client))
+                self._push_head(client)
             else:
                 del self._queues[client]
             self._turn = job.turn

@@ -91,8 +91,8 @@ class WorkerRegistry:
     async def workers(self) -> list[JsonObject]:
         """Every registered worker, online ones first, each with its state and heartbeat age."""
         now, *records = cast(list[Any], await self.queue.run(self._list, self.key))
-        found = [describe(dict(zip(flat[::2], flat[1::2], strict=True)), int(now))
-                 for flat in records if flat]  # fmt: skip
+        # Each record is HGETALL's flat list of names and values; an expired one is empty.
+        found = [describe(_pairs(flat), int(now)) for flat in records if flat]
         found.sort(key=lambda worker: (worker["state"] != "online", worker["heartbeat_age_s"]))
         return found
 
@@ -134,6 +134,10 @@ def describe(raw: dict[Any, Any], now: int) -> JsonObject:
         "heartbeat_age_s": round(max(0, now - beat) / 1000, 3),
         "heartbeat_interval_s": interval_ms / 1000,
     }
+
+
+def _pairs(flat: list[Any]) -> dict[Any, Any]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _text(value: bytes | str) -> str:
