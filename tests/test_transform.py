@@ -1045,6 +1045,26 @@ def test_jpeg_shrink_never_decodes_below_the_target(factor: float, fast: int, ro
     assert jpeg_shrink(factor, headroom=True) == roomy
 
 
+
+@pytest.mark.parametrize(
+    ("relative", "loader"),
+    [
+        ("jpeg/progressive.jpg", "VipsForeignLoadJpegBuffer"),
+        ("png/rgb-16bit.png", "VipsForeignLoadPngBuffer"),
+        ("tiff/rgb-16bit.tiff", "VipsForeignLoadTiffBuffer"),
+    ],
+)
+def test_the_pixels_are_decoded_by_the_loader_that_read_the_header(
+    relative: str, loader: str
+) -> None:
+    data = corpus(relative)
+    header = read_header(data, OPTIONS)
+    assert header.loader == loader
+    assert decode(data, header, spec(width=20), "png", False, OPTIONS).image.avg() >= 0
+    # The decode opens the bytes with the header's loader; it does not search for one again.
+    other = "VipsForeignLoadGifBuffer"
+    with pytest.raises(pyvips.Error):
+        decode(data, replace(header, loader=other), spec(width=20), "png", False, OPTIONS)
 def test_webp_sources_are_scaled_while_decoding() -> None:
     data = pyvips.Image.black(1200, 800, bands=3).webpsave_buffer()
     header = read_header(data, OPTIONS)

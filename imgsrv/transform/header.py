@@ -8,11 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pyvips
-
 from imgsrv.errors import ImageTooLarge, UnsupportedFormat
 from imgsrv.transform.options import TransformOptions
-from imgsrv.transform.vips import get_int, get_str, has_alpha, has_field, sniff_loader, vips_errors
+from imgsrv.transform.vips import (
+    get_int,
+    get_str,
+    has_alpha,
+    has_field,
+    open_with,
+    sniff_loader,
+    vips_errors,
+)
 
 # libvips loader nickname -> source format name. Anything else that libvips happens to be
 # able to open (vips, matrix, csv, raw, ...) is not an image format a web server serves.
@@ -48,6 +54,9 @@ class SourceHeader:
     cmyk: bool
     undecodable_reason: str = ""
     """Set when the header opens but this libvips cannot decode the pixels (HEVC HEIF)."""
+    loader: str = ""
+    """The libvips loader class that read the header (``VipsForeignLoadJpegBuffer``, ...),
+    which decodes the pixels too: the bytes are searched for their loader once per transform."""
 
     @property
     def animated(self) -> bool:
@@ -67,14 +76,15 @@ def read_header(data: bytes, options: TransformOptions) -> SourceHeader:
     when ``allow_svg`` is off) and :class:`UndecodableImage` for a recognised format whose
     header is corrupt.
     """
-    if sniff_loader(data) is None:
+    loader = sniff_loader(data)
+    if loader is None:
         raise UnsupportedFormat("the source is not in a supported image format")
     with vips_errors("cannot read the image header"):
-        image = pyvips.Image.new_from_buffer(data, "", access="sequential")
-        loader = get_str(image, "vips-loader", "")
-        fmt = LOADER_FORMATS.get(loader)
+        image = open_with(loader, data, access="sequential")
+        name = get_str(image, "vips-loader", "")
+        fmt = LOADER_FORMATS.get(name)
         if fmt is None:
-            raise UnsupportedFormat(f"images read by {loader or 'this loader'} are not supported")
+            raise UnsupportedFormat(f"images read by {name or 'this loader'} are not supported")
         if fmt == "svg" and not options.allow_svg:
             raise UnsupportedFormat("SVG sources are not allowed")
         reason = ""
@@ -102,6 +112,7 @@ def read_header(data: bytes, options: TransformOptions) -> SourceHeader:
             icc_profile=has_field(image, "icc-profile-data"),
             cmyk=str(image.interpretation) == "cmyk",
             undecodable_reason=reason,
+            loader=loader,
         )
 
 

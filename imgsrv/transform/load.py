@@ -32,7 +32,7 @@ from imgsrv.transform.header import SourceHeader
 from imgsrv.transform.options import TransformOptions
 from imgsrv.transform.resize import make_plan
 from imgsrv.transform.state import ImageState
-from imgsrv.transform.vips import VImage, get_int
+from imgsrv.transform.vips import VImage, get_int, open_with
 
 FAIL_ON: Final = "error"
 
@@ -88,21 +88,21 @@ def decode(
     """Start decoding ``data`` (lazily: pixels flow when the output is encoded)."""
     frames = header.pages if animated else 1
     if not can_shrink_on_load(spec):
-        image = _load(data, animated)
+        image = _load(data, header, animated)
         return _state(image, header, output_format, animated)
     plan = make_plan(header.width, header.height, frames, spec, options)
     if header.format in THUMBNAIL_FORMATS:
         return _thumbnail(data, header, output_format, animated, plan)
-    image = _load(data, animated, **shrink_on_load(header, plan, options))
+    image = _load(data, header, animated, **shrink_on_load(header, plan, options))
     state = _state(image, header, output_format, animated)
     state.planned = plan
     return state
 
 
-def _load(data: bytes, animated: bool, **options: Any) -> VImage:
+def _load(data: bytes, header: SourceHeader, animated: bool, **options: Any) -> VImage:
     if animated:
         options["n"] = -1
-    return pyvips.Image.new_from_buffer(data, "", access="sequential", fail_on=FAIL_ON, **options)
+    return open_with(header.loader, data, access="sequential", fail_on=FAIL_ON, **options)
 
 
 def _state(

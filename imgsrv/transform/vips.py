@@ -76,6 +76,15 @@ def sniff_loader(data: bytes) -> str | None:
     return str(pyvips.ffi.string(pointer).decode("utf-8", "replace"))
 
 
+def open_with(loader: str, data: bytes, **options: Any) -> VImage:
+    """Open ``data`` with the named loader (what :func:`sniff_loader` found).
+
+    ``Image.new_from_buffer`` would search every loader for the bytes again: calling the
+    loader by name saves that search and about 0.1 ms per open.
+    """
+    return pyvips.Operation.call(loader, data, **options)
+
+
 def libvips_message(exc: BaseException) -> str:
     """A one-line, length-bounded summary of a libvips error for problem details."""
     text = f"{exc.message} {exc.detail or ''}" if isinstance(exc, pyvips.Error) else str(exc)
