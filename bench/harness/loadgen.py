@@ -298,6 +298,7 @@ class WrkJob:
     threads: int = 2
     count_statuses: bool = False
     ok_statuses: frozenset[int] = OK
+    shed_ok: bool = False  # overload: 503 is the intended answer, not an error
 
 
 def run_wrk(job: WrkJob, target: Target, work: Path, label: str = "wrk") -> Round:
@@ -345,7 +346,11 @@ def wrk_round(data: Mapping[str, Any], job: WrkJob) -> Round:
     statuses = {str(k): int(v) for k, v in data["statuses"].items()}
     result.ok = sum(n for code, n in statuses.items() if int(code) in job.ok_statuses)
     result.not_modified = statuses.get("304", 0) if 304 in job.ok_statuses else 0
-    result.errors = sum(statuses.values()) - result.ok + sockets
+    if job.shed_ok:
+        # wrk keeps one histogram for every answer: the refusals have no latencies of their own.
+        result.shed = statuses.get("503", 0)
+        result.shed_without_retry_after = int(data["retry_after_missing"])
+    result.errors = sum(statuses.values()) - result.ok - result.shed + sockets
     result.ok_bytes = int(data["ok_bytes"])
     result.bodies = int(data["bodies"])
     for value, count in data["retry_after"].items():

@@ -18,7 +18,7 @@ best goodput at lower concurrency); :func:`targets` evaluates every target on a 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,37 +90,49 @@ def per_render(entry: Mapping[str, Any]) -> float:
     return float(entry.get("extra", {}).get("cpu_ms_per_render", entry["cpu_ms_per_ok"]))
 
 
+# An overload run and the runs of the same load generator it is judged against: locust's
+# users at c=32 and c=16, wrk's connections at c=32.
+OVERLOAD_REFERENCES: dict[str, tuple[str, ...]] = {
+    "imgsrv": ("imgsrv", "imgsrv_c16"),
+    "imgsrv_wrk": ("imgsrv_wrk",),
+}
+
+
 def derive(document: dict[str, Any]) -> dict[str, Any]:
     """Add the figures that combine two scenarios of the run to the overload entries.
 
-    * ``reference_cpu_ms_per_ok``: imgsrv's CPU per response on the same workload at c=32;
+    For each load generator's overload run (``imgsrv``: locust, ``imgsrv_wrk``: wrk):
+
+    * ``reference_cpu_ms_per_ok``: imgsrv's CPU per response on the same workload at c=32,
+      from the same load generator;
     * ``cpu_ms_per_refusal``: (server CPU in the window - responses x that reference) /
       refusals: an estimate of what one 503 costs;
     * ``best_goodput_below``: the best rate of successful responses imgsrv reached on the
-      same workload at lower concurrency (locust or wrk at c=32, locust at c=16).
+      same workload at lower concurrency from the same load generator. Each is compared with
+      its own: locust's CPU grows with its users, on the cores the server runs on.
     """
     for name, workload in OVERLOAD_SCENARIOS.items():
-        over = _get(document, name, "imgsrv")
-        if over is None:
-            continue
-        extra = over["extra"]
-        reference = _get(document, workload, "imgsrv")
-        if reference is not None and reference["rps"] > 0:
-            ref = float(reference["cpu_ms_per_ok"])
-            extra["reference_cpu_ms_per_ok"] = ref
-            shed = int(extra.get("shed", 0))
-            if shed:
-                spent = 1000 * float(extra.get("server_cpu_s", 0.0))
-                served = int(extra.get("requests_ok", 0)) * ref
-                extra["cpu_ms_per_refusal"] = round((spent - served) / shed, 4)
-        below = [
-            float(entry["rps"])
-            for contender in ("imgsrv", "imgsrv_wrk", "imgsrv_c16")
-            if (entry := _get(document, workload, contender)) is not None
-        ]
-        if below:
-            extra["best_goodput_below"] = max(below)
+        for contender, references in OVERLOAD_REFERENCES.items():
+            over = _get(document, name, contender)
+            if over is not None:
+                _derive_overload(over, [_get(document, workload, r) for r in references])
     return document
+
+
+def _derive_overload(over: dict[str, Any], below: Sequence[Mapping[str, Any] | None]) -> None:
+    extra = over["extra"]
+    reference = below[0]
+    if reference is not None and reference["rps"] > 0:
+        ref = float(reference["cpu_ms_per_ok"])
+        extra["reference_cpu_ms_per_ok"] = ref
+        shed = int(extra.get("shed", 0))
+        if shed:
+            spent = 1000 * float(extra.get("server_cpu_s", 0.0))
+            served = int(extra.get("requests_ok", 0)) * ref
+            extra["cpu_ms_per_refusal"] = round((spent - served) / shed, 4)
+    rates = [float(entry["rps"]) for entry in below if entry is not None]
+    if rates:
+        extra["best_goodput_below"] = max(rates)
 
 
 def load_baseline(path: Path = BASELINE) -> Mapping[str, Any]:
@@ -337,9 +349,16 @@ def _no_shedding_targets(document: Mapping[str, Any]) -> list[Target]:
 
 
 def _overload_targets(document: Mapping[str, Any], name: str) -> list[Target]:
-    over = _get(document, name, "imgsrv")
-    if over is None:
-        return [Target(name, "not measured", "", None)]
+    found = []
+    for contender in OVERLOAD_REFERENCES:
+        over = _get(document, name, contender)
+        if over is not None:
+            label = name if contender == "imgsrv" else f"{name} (wrk)"
+            found += _overload_run_targets(label, over)
+    return found or [Target(name, "not measured", "", None)]
+
+
+def _overload_run_targets(name: str, over: Mapping[str, Any]) -> list[Target]:
     extra = over.get("extra", {})
     shed = int(extra.get("shed", 0))
     found = []
@@ -352,11 +371,16 @@ def _overload_targets(document: Mapping[str, Any], name: str) -> list[Target]:
     else:
         found.append(Target(f"{name}: goodput / best at lower concurrency",
                             f"{over['rps']:g} req/s, no lower-concurrency run", ">= 0.9", None))
+    reference = extra.get("reference_cpu_ms_per_ok")
+    if reference:
+        ratio = float(over["cpu_ms_per_ok"]) / float(reference)
+        found.append(Target(f"{name}: server CPU per success (refusals included) / at c=32",
+                            f"{ratio:.2f}x ({over['cpu_ms_per_ok']:g} / {reference:g} ms)",
+                            "reference", None))  # fmt: skip
     per_refusal = extra.get("cpu_ms_per_refusal")
     if per_refusal is not None:
         detail = (f"{per_refusal:.3f} ms over {shed} refusals "
-                  f"({extra.get('shed_per_s', 0):g}/s, p50/p99 {extra.get('shed_p50_ms', 0):g}/"
-                  f"{extra.get('shed_p99_ms', 0):g} ms)")  # fmt: skip
+                  f"({extra.get('shed_per_s', 0):g}/s{_shed_times(extra)})")  # fmt: skip
         found.append(Target(f"{name}: CPU per refusal (estimate)", detail,
                             f"<= {REFUSAL_CPU_MS:g} ms", per_refusal <= REFUSAL_CPU_MS))
     else:
@@ -373,6 +397,13 @@ def _overload_targets(document: Mapping[str, Any], name: str) -> list[Target]:
     found.append(Target(f"{name}: errors other than 503 (timeouts {extra.get('timeouts', 0)})",
                         str(failures), "0", failures == 0))
     return found
+
+
+def _shed_times(extra: Mapping[str, Any]) -> str:
+    """The refusals' latencies, where the load generator has them apart (wrk has not)."""
+    if not extra.get("shed_p99_ms"):
+        return ""
+    return f", p50/p99 {extra.get('shed_p50_ms', 0):.1f}/{extra['shed_p99_ms']:.1f} ms"
 
 
 def _loadgen_floor(document: Mapping[str, Any]) -> list[Target]:
@@ -471,10 +502,8 @@ def _fmt(value: float) -> str:
 def _note(extra: Mapping[str, Any]) -> str:
     notes = []
     if "shed" in extra:
-        notes.append(
-            f"{extra['shed']} shed (503, {extra.get('shed_per_s', 0):g}/s), p50/p99 "
-            f"{extra.get('shed_p50_ms', 0):.1f}/{extra['shed_p99_ms']:.1f} ms"
-        )
+        rate = f"{extra['shed']} shed (503, {extra.get('shed_per_s', 0):g}/s)"
+        notes.append(rate + _shed_times(extra))
     if "cpu_ms_per_refusal" in extra:
         notes.append(f"CPU per refusal ~{extra['cpu_ms_per_refusal']:.3f} ms")
     retry = extra.get("retry_after")

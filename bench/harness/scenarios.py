@@ -102,8 +102,13 @@ def miss_seconds(bench: Bench, work: MissWorkload) -> float:
     return bench.timing.miss_s * work.round_factor
 
 
-def _wrk_runner(bench: Bench, work: MissWorkload, server: servers.Server) -> Runner:
-    """imgsrv under wrk: every connection open at once, a new URL per request."""
+def _wrk_runner(
+    bench: Bench, work: MissWorkload, server: servers.Server, overload_s: float = 0.0
+) -> Runner:
+    """imgsrv under wrk: every connection open at once, a new URL per request.
+
+    With ``overload_s``: the overload run, c=256 for rounds that long, 503s counted as shed.
+    """
     dialect = bench.dialect("imgsrv")
     revalidations: dict[str, str] = {}
     if work.conditional:
@@ -116,10 +121,13 @@ def _wrk_runner(bench: Bench, work: MissWorkload, server: servers.Server) -> Run
     lines = workload.wrk_requests(dialect, work, revalidations)
     requests = workload.write_lines(bench.work / "paths" / f"wrk-{work.name}.txt", lines)
     ok = OK_OR_NOT_MODIFIED if work.conditional else OK
-    seconds = miss_seconds(bench, work)
-    job = WrkJob(requests, SYNC_USERS, seconds, count_statuses=True, ok_statuses=ok)
+    users = OVERLOAD_USERS if overload_s else SYNC_USERS
+    seconds = overload_s or miss_seconds(bench, work)
+    job = WrkJob(requests, users, seconds, count_statuses=True, ok_statuses=ok,
+                 shed_ok=bool(overload_s))  # fmt: skip
     target = bench.target(server)
-    return lambda: bench.wrk(f"imgsrv_wrk_{work.name}", target, job)
+    label = f"imgsrv_wrk_{'overload_' if overload_s else ''}{work.name}"
+    return lambda: bench.wrk(label, target, job)
 
 
 def _ceiling_runner(bench: Bench, impl: str, work: MissWorkload) -> Runner:
@@ -346,6 +354,10 @@ def overload(bench: Bench, name: str) -> Scenario:
         assert imgsrv is not None
         job = miss_job(bench, bench.dialect("imgsrv"), work, OVERLOAD_USERS, seconds, shed_ok=True)
         runners = {"imgsrv": _locust_runner(bench, f"imgsrv_{name}", job, imgsrv)}
+        if bench.wants("imgsrv_wrk") and bench.use_wrk:
+            # The same load from wrk, whose own CPU does not grow with its connections (locust's
+            # doubles at c=256, on the cores the server shares).
+            runners["imgsrv_wrk"] = _wrk_runner(bench, work, imgsrv, seconds)
         if name == "overload" and bench.wants("loadgen"):
             # The same users against nginx's ready bytes: the latency floor of the load
             # generator itself at this concurrency, which every 503 timing includes.
