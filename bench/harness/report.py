@@ -120,6 +120,7 @@ def derive(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def _derive_overload(over: dict[str, Any], below: Sequence[Mapping[str, Any] | None]) -> None:
+    """``below``: the same load generator's runs of the workload, its c=32 run first."""
     extra = over["extra"]
     reference = below[0]
     if reference is not None and reference["rps"] > 0:
