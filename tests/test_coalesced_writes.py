@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from imgsrv.coalesced_writes import CoalescingTransport, _coalescing, coalescing_http_protocol
 from imgsrv.serving import ImgsrvUvicornWorker
-from tests.servers import ImgsrvProcess
+from tests.servers import ImgsrvProcess, free_port
 
 HIT = "/_/w:120/plain/local://sample.jpg"
 
@@ -203,9 +204,7 @@ def test_the_h11_protocol_coalesces_too() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
         await send({"type": "http.response.body", "body": b"hello"})  # type: ignore[operator]
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, http=_coalescing(H11Protocol), lifespan="off",
         log_level="warning",
@@ -217,7 +216,7 @@ def test_the_h11_protocol_coalesces_too() -> None:
         for _ in range(100):
             if server.started:
                 break
-            threading.Event().wait(0.05)
+            time.sleep(0.05)
         io = Path(f"/proc/self/task/{thread.native_id}/io")
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             reader = Reader(sock)

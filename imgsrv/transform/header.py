@@ -52,11 +52,11 @@ class SourceHeader:
     pages: int
     icc_profile: bool
     cmyk: bool
-    undecodable_reason: str = ""
-    """Set when the header opens but this libvips cannot decode the pixels (HEVC HEIF)."""
-    loader: str = ""
+    loader: str
     """The libvips loader class that read the header (``VipsForeignLoadJpegBuffer``, ...),
     which decodes the pixels too: the bytes are searched for their loader once per transform."""
+    undecodable_reason: str = ""
+    """Set when the header opens but this libvips cannot decode the pixels (HEVC HEIF)."""
 
     @property
     def animated(self) -> bool:
@@ -111,8 +111,8 @@ def read_header(data: bytes, options: TransformOptions) -> SourceHeader:
             pages=max(1, get_int(image, "n-pages", 1)),
             icc_profile=has_field(image, "icc-profile-data"),
             cmyk=str(image.interpretation) == "cmyk",
-            undecodable_reason=reason,
             loader=loader,
+            undecodable_reason=reason,
         )
 
 
