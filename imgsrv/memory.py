@@ -13,7 +13,6 @@ memory back. Two remedies, both no-ops where the C library is not glibc:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger("imgsrv.memory")
@@ -22,11 +21,10 @@ M_ARENA_MAX = -8  # from glibc's malloc.h
 
 
 def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
+    # The symbols the process already has (the C library among them): no library search,
+    # which in ctypes.util.find_library runs ldconfig as a child process on every start.
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
     if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
