@@ -11,7 +11,6 @@ dashboard) go on to the router.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -29,6 +28,7 @@ from imgsrv.clients import client_address, client_key
 from imgsrv.config import Settings
 from imgsrv.egress import ANONYMOUS, EgressMeter
 from imgsrv.errors import ImgsrvError, Overloaded, Unavailable
+from imgsrv.held_refusals import HeldRefusals
 from imgsrv.jobs.auth import ApiKeys, authorization_tenant
 from imgsrv.negotiation import accepted_formats
 from imgsrv.render import Renderer, RenderResult
@@ -69,7 +69,7 @@ class ImageEndpoint:
     """
 
     def __init__(self) -> None:
-        self.held_refusals = 0
+        self.refusals = HeldRefusals(MAX_HELD_REFUSALS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.serve(scope, receive, send)
@@ -99,7 +99,7 @@ class ImageEndpoint:
             response = await image_response(scope, state)
         except ImgsrvError as exc:
             if isinstance(exc, Overloaded):
-                await self._hold(settings.refusal_delay)
+                await self.refusals.hold(settings.refusal_delay)
             return problem(exc, scope["path"], settings.error_cache_control)
         except Exception as exc:
             log.error("unhandled error", exc_info=exc, extra={"path": scope["path"]})
@@ -112,17 +112,6 @@ class ImageEndpoint:
             # reconnect, most likely to a less busy worker (see imgsrv.balance).
             response.headers.append((b"connection", b"close"))
         return response
-
-    async def _hold(self, delay: float) -> None:
-        """Hold a refusal back for ``delay`` seconds (no CPU meanwhile): a client that asks
-        again at once, ignoring Retry-After, then costs one refusal per ``delay``."""
-        if delay <= 0 or self.held_refusals >= MAX_HELD_REFUSALS:
-            return
-        self.held_refusals += 1
-        try:
-            await asyncio.sleep(delay)
-        finally:
-            self.held_refusals -= 1
 
 
 image_endpoint = ImageEndpoint()
