@@ -117,6 +117,20 @@ def test_overload_reports_refusals_with_their_retry_after(smoke: Smoke, contende
     assert over["errors"] == 0
 
 
+def test_overload_measures_a_refusal_of_imgsrv_and_of_bare_starlette(smoke: Smoke) -> None:
+    _, out = smoke
+    extra = json.loads(out.read_text())["scenarios"]["overload"]["contenders"]["imgsrv"]["extra"]
+    direct = extra["refusal_direct"]
+    if not shutil.which("wrk"):
+        assert direct == {"skipped": "wrk is not installed"}
+        return
+    for measured in (direct, direct["bare"]):
+        # every answer a held 503, over the overload scenarios' connections
+        assert measured["refusals"] == measured["responses"] > 0
+        assert measured["users"] == 256
+        assert measured["cpu_ms_per_refusal_with_idle"] >= measured["cpu_ms_per_refusal"] > 0
+
+
 def test_markdown_lists_every_scenario(
     smoke: Smoke,
 ) -> None:
@@ -168,8 +182,11 @@ def _document(imgsrv_errors: int = 0) -> dict[str, object]:
     }
     # 850 responses at 12 ms and 10,000 refusals in 11.2 s of CPU: 0.1 ms per refusal;
     # under wrk 800 responses at 12.5 ms and 5,000 refusals in 12.5 s: 0.5 ms.
+    direct = {"users": 256, "responses": 2000, "refusals": 2000, "refusals_per_s": 200,
+              "idle_cpu_pct": 2.0, "cpu_ms_per_refusal": 0.15,
+              "bare": {"refusals_per_s": 210, "cpu_ms_per_refusal": 0.12}}  # fmt: skip
     overload = {
-        "imgsrv": _made_up(85, 13.2, shed=10_000, server_cpu_s=11.2),
+        "imgsrv": _made_up(85, 13.2, shed=10_000, server_cpu_s=11.2, refusal_direct=direct),
         "imgsrv_wrk": _made_up(80, 15.6, shed=5_000, server_cpu_s=12.5),
     }
     return {
@@ -199,6 +216,9 @@ def test_targets_combine_scenarios_of_one_run() -> None:
     assert found["miss: imgsrv / thumbor req/s"].met is True
     assert found["overload: goodput / best at lower concurrency"].met is True  # 85 / 80
     assert found["overload: CPU per refusal (estimate)"].met is True
+    assert found["overload: CPU per refusal (measured: every request refused)"].met is False
+    floor = found["overload: CPU per refusal / bare starlette's held 503"]
+    assert floor.measured.startswith("1.25x") and floor.met is None
     assert found["overload (wrk): goodput / best at lower concurrency"].met is False  # 80 / 90
     assert found["overload (wrk): CPU per refusal (estimate)"].met is False
     ratio = found["overload (wrk): server CPU per success (refusals included) / at c=32"]

@@ -7,10 +7,15 @@ and worker class as imgsrv (see :func:`bench.harness.servers.start_bare`), excep
 keeps uvicorn's own HTTP protocol, as a bare starlette app has it: imgsrv's sends a response
 in one system call instead of two (:mod:`imgsrv.coalesced_writes`), and that is part of
 what imgsrv's hit path is compared on.
+
+Under ``/held-503/`` it answers what imgsrv answers a refused request: a small problem+json
+503 with ``Retry-After``, held back for a second first (imgsrv's ``refusal_delay``), the
+reference of :mod:`bench.harness.refusals`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
@@ -28,10 +33,20 @@ HEADERS = {
     "Cache-Control": "public, max-age=3600",
     "X-Cache": "l1",
 }
+REFUSAL_DELAY = 1.0
+REFUSAL = (
+    b'{"type":"about:blank","title":"Service Unavailable","status":503,'
+    b'"detail":"the server is busy; try again shortly","instance":"/"}'
+)
 
 
 async def image(request: Request) -> Response:
     return Response(BODY, media_type="image/jpeg", headers=HEADERS)
+
+
+async def held_refusal(request: Request) -> Response:
+    await asyncio.sleep(REFUSAL_DELAY)
+    return Response(REFUSAL, 503, {"Retry-After": "1"}, "application/problem+json")
 
 
 async def healthz(request: Request) -> Response:
@@ -45,5 +60,9 @@ class StockProtocolWorker(ImgsrvUvicornWorker):
 
 
 app = Starlette(
-    routes=[Route("/healthz", healthz), Route("/{rest:path}", image, methods=["GET", "HEAD"])]
+    routes=[
+        Route("/healthz", healthz),
+        Route("/held-503/{rest:path}", held_refusal),
+        Route("/{rest:path}", image, methods=["GET", "HEAD"]),
+    ]
 )

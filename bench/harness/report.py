@@ -388,6 +388,9 @@ def _overload_run_targets(name: str, over: Mapping[str, Any]) -> list[Target]:
         detail = "no request was refused" if not shed else "no c=32 reference in this run"
         found.append(Target(f"{name}: CPU per refusal (estimate)", detail,
                             f"<= {REFUSAL_CPU_MS:g} ms", None))
+    direct = extra.get("refusal_direct")
+    if direct is not None:
+        found += _direct_refusal_targets(name, direct)
     retry = extra.get("retry_after", {})
     missing = int(retry.get("missing", 0))
     values = (f"; Retry-After min/median/max {retry['min_s']:g}/{retry['median_s']:g}/"
@@ -397,6 +400,27 @@ def _overload_run_targets(name: str, over: Mapping[str, Any]) -> list[Target]:
     failures = int(over["errors"])
     found.append(Target(f"{name}: errors other than 503 (timeouts {extra.get('timeouts', 0)})",
                         str(failures), "0", failures == 0))
+    return found
+
+
+def _direct_refusal_targets(name: str, direct: Mapping[str, Any]) -> list[Target]:
+    """CPU per refusal of a server that refuses everything (bench/harness/refusals.py), and
+    against bare starlette holding and sending the same answer at the same connections."""
+    label = f"{name}: CPU per refusal (measured: every request refused)"
+    goal = f"<= {REFUSAL_CPU_MS:g} ms"
+    if "cpu_ms_per_refusal" not in direct:
+        return [Target(label, f"not measured: {direct.get('skipped', '')}", goal, None)]
+    per_refusal = float(direct["cpu_ms_per_refusal"])
+    detail = (f"{per_refusal:.3f} ms over {direct['refusals']} refusals "
+              f"({direct['refusals_per_s']:g}/s at c={direct['users']}, idle CPU "
+              f"{direct['idle_cpu_pct']:g}% taken off)")  # fmt: skip
+    found = [Target(label, detail, goal, per_refusal <= REFUSAL_CPU_MS)]
+    bare = direct.get("bare", {})
+    if "cpu_ms_per_refusal" in bare:
+        floor = float(bare["cpu_ms_per_refusal"])
+        found.append(Target(f"{name}: CPU per refusal / bare starlette's held 503",
+                            f"{per_refusal / floor:.2f}x ({per_refusal:.3f} / {floor:.3f} ms at "
+                            f"{bare['refusals_per_s']:g}/s)", "reference", None))  # fmt: skip
     return found
 
 

@@ -28,7 +28,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ceiling, loadgen, servers, workload
+from bench.harness import ceiling, loadgen, refusals, servers, workload
 from bench.harness.context import OVERLOAD_USERS, SYNC_USERS, Bench, Runner
 from bench.harness.loadgen import OK, OK_OR_NOT_MODIFIED, LocustJob, Target, WrkJob
 from bench.harness.proctree import tree_rss_mb
@@ -368,6 +368,10 @@ def overload(bench: Bench, name: str) -> Scenario:
             runners["loadgen"] = lambda: bench.locust("loadgen_overload", probe, origin)
         contenders = _merged(bench, runners)
         contenders["imgsrv"]["extra"]["workload"] = work.name
+    if name == "overload":
+        # A refusal's CPU apart from the successes': a server that refuses everything.
+        bench.log("  CPU per refusal, measured directly")
+        contenders["imgsrv"]["extra"]["refusal_direct"] = refusals.measure(bench, seconds)
     return _entry(OVERLOAD_USERS, bench.timing.rounds * seconds, contenders, bench)
 
 
