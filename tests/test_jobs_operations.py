@@ -57,14 +57,23 @@ def body(**fields: Any) -> dict[str, Any]:
 
 
 def snapshot(store: redis_sync.Redis) -> dict[bytes, Any]:
-    """Every key of the queue with its contents: what "changes nothing" compares."""
+    """Every key of the queue with its contents: what "changes nothing" compares.
+
+    The in-process worker's heartbeat (its record's ``beat`` and its score in the registry)
+    is left out: it is written on the worker's own timer, whatever a request does.
+    """
     found: dict[bytes, Any] = {}
     for key in store.scan_iter(match=PREFIX + "*"):
         kind = store.type(key)
+        registry = key.endswith(b":workers") or b":worker:" in key
         if kind == b"hash":
             found[key] = store.hgetall(key)
+            if registry:
+                found[key].pop(b"beat", None)
         elif kind == b"zset":
-            found[key] = store.zrange(key, 0, -1, withscores=True)
+            found[key] = (
+                store.zrange(key, 0, -1) if registry else store.zrange(key, 0, -1, withscores=True)
+            )
         elif kind == b"list":
             found[key] = store.lrange(key, 0, -1)
         elif kind == b"set":
