@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from imgsrv.config import Settings
 from imgsrv.serving import ImgsrvUvicornWorker
 
 BODY = Path(os.environ.get("BENCH_BARE_BODY", "/dev/null")).read_bytes()
@@ -33,7 +34,7 @@ HEADERS = {
     "Cache-Control": "public, max-age=3600",
     "X-Cache": "l1",
 }
-REFUSAL_DELAY = 1.0
+REFUSAL_DELAY = Settings().refusal_delay  # imgsrv's default
 REFUSAL = (
     b'{"type":"about:blank","title":"Service Unavailable","status":503,'
     b'"detail":"the server is busy; try again shortly","instance":"/"}'

@@ -5,7 +5,7 @@ successes are paid for, and at 1.6 refusals per success a 1% change in a success
 that estimate by more than the 0.1 ms it is judged against. Here nothing but refusals is
 served: imgsrv (shipped defaults, except a pool of one thread and one waiting place per
 worker) has every place taken by misses whose source never arrives from an origin that
-accepts connections and never answers, and wrk then asks for other misses with as many
+accepts connections and never answers, and wrk then asks for new misses with as many
 connections as the overload scenarios have users. Each is refused before any download, held
 for ``refusal_delay`` and sent, as under real overload. The figure is the server tree's CPU
 (workers, master; the bench's Redis is not asked) over the window, less what the same server
@@ -16,18 +16,16 @@ held for a second and refused costs this stack at that rate.
 
 from __future__ import annotations
 
-import re
 import select
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import proctree, servers
+from bench.harness import loadgen, proctree, servers, workload
 from bench.harness.context import OVERLOAD_USERS, Bench
+from bench.harness.loadgen import Target, WrkJob
 
 
 class SilentOrigin:
@@ -99,42 +97,38 @@ def _tree_cpu(roots: list[int]) -> float:
     return sum(map(proctree.cpu_seconds, proctree.tree_pids(roots)))
 
 
-def _refusal_cpu(server: servers.Server, url: str, seconds: float) -> dict[str, Any]:
-    """wrk on ``url`` (every answer a held 503): the server's CPU per response, less idle."""
+def _refusal_cpu(bench: Bench, server: servers.Server, path: str, seconds: float) -> dict[str, Any]:
+    """wrk on new URLs of ``path`` (a ``{n}`` template; every answer a held 503): the
+    server's CPU per refusal, less what it uses idle."""
     idle_s = min(5.0, seconds)
     before = _tree_cpu(server.roots)
     time.sleep(idle_s)
     idle_cpu_per_s = (_tree_cpu(server.roots) - before) / idle_s
-    before, started = _tree_cpu(server.roots), time.monotonic()
-    done = subprocess.run(
-        ["wrk", "-t", "2", "-c", str(OVERLOAD_USERS), "-d", f"{seconds:.0f}s", url],
-        capture_output=True, text=True, timeout=seconds + 60, check=True,
-    )  # fmt: skip
-    elapsed = time.monotonic() - started
-    spent = _tree_cpu(server.roots) - before
-    responses = int(re.search(r"(\d+) requests in", done.stdout).group(1))  # type: ignore[union-attr]
-    other = re.search(r"Non-2xx or 3xx responses: (\d+)", done.stdout)
-    refused = int(other.group(1)) if other else 0
-    if not refused:
+    label = f"refusals_{server.name}"
+    requests = workload.write_lines(bench.work / "paths" / f"wrk-{label}.txt", [path])
+    job = WrkJob(requests, OVERLOAD_USERS, seconds, count_statuses=True, ok_statuses=frozenset(),
+                 shed_ok=True)  # fmt: skip
+    done = loadgen.run_wrk(job, Target(server.url, server.roots), bench.work, label)
+    if not done.shed:
         return {"skipped": "no request was refused"}
-    net = spent - idle_cpu_per_s * elapsed
+    net = done.server_cpu_s - idle_cpu_per_s * done.seconds
     return {
         "users": OVERLOAD_USERS,
-        "seconds": round(elapsed, 2),
-        "responses": responses,
-        "refusals": refused,
-        "refusals_per_s": round(refused / elapsed, 1),
-        "server_cpu_s": round(spent, 3),
+        "seconds": round(done.seconds, 2),
+        "refusals": done.shed,
+        "other_answers": done.errors,
+        "refusals_per_s": round(done.shed / done.seconds, 1),
+        "server_cpu_s": round(done.server_cpu_s, 3),
         "idle_cpu_pct": round(idle_cpu_per_s * 100, 2),
-        "cpu_ms_per_refusal": round(net / refused * 1000, 4),
-        "cpu_ms_per_refusal_with_idle": round(spent / refused * 1000, 4),
+        "cpu_ms_per_refusal": round(net / done.shed * 1000, 4),
+        "cpu_ms_per_refusal_with_idle": round(done.server_cpu_s / done.shed * 1000, 4),
     }
 
 
 def measure(bench: Bench, seconds: float) -> dict[str, Any]:
     """CPU per refusal of imgsrv with every place held (see the module docstring), and of
     the bare starlette app holding and sending the same answer (its ``/held-503/`` route)."""
-    if shutil.which("wrk") is None:
+    if not loadgen.wrk_available():
         return {"skipped": "wrk is not installed"}
     origin = SilentOrigin()
     overrides = {
@@ -152,7 +146,7 @@ def measure(bench: Bench, seconds: float) -> dict[str, Any]:
             holders = _hold_every_place(server.url, source)
         except PlacesNotHeld as exc:
             return {"skipped": str(exc)}
-        found = _refusal_cpu(server, f"{server.url}/_/w:300/plain/{source}/refused.jpg", seconds)
+        found = _refusal_cpu(bench, server, f"/_/w:300/plain/{source}/{{n}}.jpg", seconds)
     finally:
         origin.close()
         for conn in holders:
@@ -160,7 +154,7 @@ def measure(bench: Bench, seconds: float) -> dict[str, Any]:
         server.stop()
     bare = servers.start_bare(bench.work, bench.workers, Path("/dev/null"))
     try:
-        found["bare"] = _refusal_cpu(bare, f"{bare.url}/held-503/refused.jpg", seconds)
+        found["bare"] = _refusal_cpu(bench, bare, "/held-503/{n}", seconds)
     finally:
         bare.stop()
     return found
