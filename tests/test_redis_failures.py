@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis as redis_sync
 from redis.crc import key_slot
 from starlette.testclient import TestClient
 
@@ -28,7 +29,13 @@ from imgsrv.render import cache_key
 from imgsrv.urls import parse_path
 from tests.job_fixtures import AUTH_A, TINY, job_settings
 from tests.origin import Origin
-from tests.redis_topologies import SLOTS, RedisNode, SentinelDeployment, free_cluster_port
+from tests.redis_topologies import (
+    SLOTS,
+    RedisNode,
+    SentinelDeployment,
+    free_cluster_port,
+    wait_until,
+)
 from tests.servers import RedisProcess, free_port
 
 CLUSTER_NODE = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
@@ -138,6 +145,16 @@ def test_the_commands_exit_2_with_one_line(
     )
 
 
+def _wait_cluster_state(node: redis_sync.Redis, state: str) -> None:
+    # A node notices a change of slot coverage on its cluster clock (every 100 ms), and
+    # until then answers as before.
+    wait_until(
+        lambda: node.execute_command("CLUSTER INFO")["cluster_state"] == state or None,
+        timeout=5,
+        what=f"cluster_state:{state}",
+    )
+
+
 def test_an_unserved_slot_at_run_time_opens_the_breaker_and_refuses_jobs(
     lone_cluster_node: RedisNode, origin: Origin
 ) -> None:
@@ -154,6 +171,9 @@ def test_an_unserved_slot_at_run_time_opens_the_breaker_and_refuses_jobs(
         l2 = client.app.state.renderer.l2  # type: ignore[attr-defined]
         image_slot = key_slot(l2.image_key(cache_key(spec, frozenset()), spec.source).encode())
         node.execute_command("CLUSTER DELSLOTS", image_slot, queue_slot)
+        # The node notices the lost coverage on its cluster clock (every 100 ms) and until
+        # then still serves the other slots: compare keys from the moment the cluster is down.
+        _wait_cluster_state(node, "fail")
         keys_before = node.dbsize()
         try:
             answers = [client.get(url) for url in urls]
@@ -168,6 +188,7 @@ def test_an_unserved_slot_at_run_time_opens_the_breaker_and_refuses_jobs(
             assert node.dbsize() == keys_before  # nothing half-written
         finally:
             node.execute_command("CLUSTER ADDSLOTS", image_slot, queue_slot)
+        _wait_cluster_state(node, "ok")
         accepted = client.post("/v1/jobs", json=body, headers=AUTH_A)
         assert accepted.status_code == 202, accepted.text
 
